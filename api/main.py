@@ -1,0 +1,49 @@
+"""The MeterFlow sidecar API.
+
+Run with::
+
+    uvicorn --factory api.main:create_app --host 127.0.0.1 --port 3000
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import structlog
+from fastapi import FastAPI
+
+from api.deps import Clients
+from api.errors import install_error_handlers
+from api.routers import admin, events, health
+from meterflow.clients import kafka_admin
+from meterflow.log import configure_logging
+from meterflow.settings import Settings
+from meterflow.storage import ensure_topics
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.admin_token:
+            log.warning("admin_routes_open", reason="ADMIN_TOKEN is not set (local development only)")
+        try:
+            ensure_topics(kafka_admin(settings), settings)
+        except Exception as exc:  # noqa: BLE001 - the API serves without the broker, with 503s
+            log.warning("topics_not_ensured", error=str(exc))
+        app.state.clients = Clients.connect(settings)
+        log.info("api_started", port=settings.api_port)
+        yield
+        app.state.clients.close()
+
+    app = FastAPI(title="MeterFlow", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(events.router)
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,87 @@
+"""All configuration, read from environment variables once.
+
+Defaults point at the native local stack (`meterflow up`), so a newcomer
+needs no configuration at all; docker-compose and production override them
+through the environment. Every variable is listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    topic_events: str = "events.raw"
+    topic_dlq: str = "events.dlq"
+    topic_alerts: str = "alerts"
+    topic_partitions: int = 4
+    kafka_produce_timeout_s: float = 5.0
+    # Redis
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    dedup_ttl_s: int = 30 * 24 * 3600
+    # ClickHouse (HTTP interface)
+    clickhouse_host: str = "127.0.0.1"
+    clickhouse_port: int = 18123
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+    clickhouse_database: str = "meterflow"
+    # S3 (MinIO in compose, SeaweedFS natively)
+    s3_endpoint: str = "127.0.0.1:19000"
+    s3_access_key: str = "meterflow"
+    s3_secret_key: str = "meterflow-secret"
+    s3_secure: bool = False
+    s3_bucket: str = "meterflow-events"
+    # Dataflow
+    flow_batch_size: int = 1000
+    sink_batch_max_events: int = 5000
+    sink_flush_interval_s: float = 0.2
+    sink_retry_max_backoff_s: float = 10.0
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 3000
+    admin_token: str = ""
+    # Local native stack
+    data_dir: Path = field(default_factory=lambda: Path(".data").resolve())
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `environ` (default: os.environ).
+
+        Each field reads the upper-cased variable of the same name, e.g.
+        `kafka_bootstrap_servers` <- `KAFKA_BOOTSTRAP_SERVERS`.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper(), "")
+            if raw == "":
+                continue
+            if f.type == "int":
+                values[f.name] = int(raw)
+            elif f.type == "float":
+                values[f.name] = float(raw)
+            elif f.type == "bool":
+                values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
+            elif f.type == "Path":
+                values[f.name] = Path(raw).resolve()
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a child process."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            out[f.name.upper()] = str(value)
+        return out

@@ -1,0 +1,80 @@
+"""Deduplication by transaction_id, shared by the API and the dataflow.
+
+Each accepted event carries an *ingest id*: a token unique to that copy of
+the event (the API assigns one per event and sends it as a Kafka header; a
+message produced without one gets `topic:partition:offset`). The Redis key
+`dedup:<transaction_id>` holds the ingest id of the copy that won.
+
+A claim is `SET dedup:<tid> <ingest_id> NX GET EX <ttl>` (Redis >= 7.0):
+
+- nothing was there      -> this copy is the first: count it;
+- our own ingest id      -> a replay of the same copy (the dataflow restarted
+                            and re-read the message, or the API claimed it
+                            after producing): still count it; the sinks are
+                            idempotent, so it is stored once;
+- another ingest id      -> a genuine duplicate: drop it.
+
+Because a replay recognises itself, the claim is safe to make before the
+data it guards is stored: a crash between claim and store replays the same
+copy, which passes again.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Sequence
+
+import redis
+
+KEY_PREFIX = "dedup:"
+# Kafka header carrying the ingest id of a message produced by the API.
+INGEST_ID_HEADER = "mf-ingest-id"
+
+
+class Claim(enum.Enum):
+    NEW = "new"
+    REPLAY = "replay"
+    DUPLICATE = "duplicate"
+
+    @property
+    def counts(self) -> bool:
+        """Whether the event this claim guards goes on to storage."""
+        return self is not Claim.DUPLICATE
+
+
+def dedup_key(transaction_id: str) -> str:
+    return KEY_PREFIX + transaction_id
+
+
+def classify(previous: bytes | str | None, ingest_id: str) -> Claim:
+    """Turn the old value returned by `SET ... NX GET` into a verdict."""
+    if previous is None:
+        return Claim.NEW
+    if isinstance(previous, bytes):
+        previous = previous.decode()
+    return Claim.REPLAY if previous == ingest_id else Claim.DUPLICATE
+
+
+def claim_many(
+    client: redis.Redis, claims: Sequence[tuple[str, str]], ttl_s: int
+) -> list[Claim]:
+    """Claim `(transaction_id, ingest_id)` pairs in one round trip, in order.
+
+    Two copies of one transaction_id in the same call are resolved in order:
+    the first wins, the second is a duplicate.
+    """
+    if not claims:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for transaction_id, ingest_id in claims:
+        pipe.set(dedup_key(transaction_id), ingest_id, nx=True, get=True, ex=ttl_s)
+    previous = pipe.execute()
+    return [classify(prev, ingest_id) for prev, (_, ingest_id) in zip(previous, claims)]
+
+
+def seen(client: redis.Redis, transaction_ids: Iterable[str]) -> list[bool]:
+    """Which transaction_ids already have a claim, in one round trip."""
+    keys = [dedup_key(t) for t in transaction_ids]
+    if not keys:
+        return []
+    return [value is not None for value in client.mget(keys)]

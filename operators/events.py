@@ -1,0 +1,152 @@
+"""The usage event: its shape, the contract's validation rules, its wire form.
+
+The API validates events before they reach Kafka and the dataflow validates
+every Kafka message again (anything can be produced to the topic), so both
+call `validate_event` here. It is plain Python rather than a pydantic model
+because it runs once per event on the dataflow's hot path and must return a
+reason, not raise a stack of errors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+ID_MAX_LEN = 255
+EVENT_TYPE_MAX_LEN = 100
+PROPERTY_STRING_MAX_LEN = 1000
+PROPERTY_KEY_MAX_LEN = 255
+PROPERTIES_MAX_COUNT = 100
+MAX_FUTURE_MS = 5 * 60 * 1000
+MAX_AGE_MS = 30 * 24 * 3600 * 1000
+
+PropertyValue = str | int | float | bool
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks a rule; the message is the reason shown to the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One validated usage event; `timestamp` is Unix epoch milliseconds (UTC)."""
+
+    transaction_id: str
+    customer_id: str
+    event_type: str
+    timestamp: int
+    properties: dict[str, PropertyValue] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "customer_id": self.customer_id,
+            "event_type": self.event_type,
+            "timestamp": self.timestamp,
+            "properties": self.properties,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def _check_id(raw: Mapping[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str) or value == "":
+        raise InvalidEvent(f"{name} is required and must be a non-empty string")
+    if len(value) > ID_MAX_LEN:
+        raise InvalidEvent(f"{name} is longer than {ID_MAX_LEN} characters")
+    if not ID_PATTERN.fullmatch(value):
+        raise InvalidEvent(f"{name} may contain only letters, digits, '_' and '-'")
+    return value
+
+
+def _check_event_type(raw: Mapping[str, Any]) -> str:
+    value = raw.get("event_type")
+    if not isinstance(value, str) or value == "":
+        raise InvalidEvent("event_type is required and must be a non-empty string")
+    if len(value) > EVENT_TYPE_MAX_LEN:
+        raise InvalidEvent(f"event_type is longer than {EVENT_TYPE_MAX_LEN} characters")
+    if not value.isprintable():
+        raise InvalidEvent("event_type contains control characters")
+    return value
+
+
+def _check_timestamp(raw: Mapping[str, Any], now_ms: int) -> int:
+    value = raw.get("timestamp")
+    # bool is an int subclass; True is not a timestamp.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent("timestamp is required and must be a number (Unix epoch milliseconds)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent("timestamp must be a finite number")
+    ts = int(value)
+    if ts > now_ms + MAX_FUTURE_MS:
+        raise InvalidEvent("timestamp is more than 5 minutes in the future")
+    if ts < now_ms - MAX_AGE_MS:
+        raise InvalidEvent("timestamp is older than 30 days")
+    return ts
+
+
+def _check_properties(raw: Mapping[str, Any]) -> dict[str, PropertyValue]:
+    value = raw.get("properties")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent("properties must be an object")
+    if len(value) > PROPERTIES_MAX_COUNT:
+        raise InvalidEvent(f"properties has more than {PROPERTIES_MAX_COUNT} keys")
+    for key, item in value.items():
+        if not isinstance(key, str) or key == "" or len(key) > PROPERTY_KEY_MAX_LEN:
+            raise InvalidEvent(f"property names must be 1-{PROPERTY_KEY_MAX_LEN} characters")
+        if isinstance(item, str):
+            if len(item) > PROPERTY_STRING_MAX_LEN:
+                raise InvalidEvent(
+                    f"property '{key}' is longer than {PROPERTY_STRING_MAX_LEN} characters"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidEvent(f"property '{key}' must be a finite number")
+        elif not isinstance(item, (int, bool)):
+            raise InvalidEvent(f"property '{key}' must be a string, number or boolean")
+    return value
+
+
+def validate_event(raw: Any, now_ms: int) -> UsageEvent:
+    """Check `raw` against the contract's rules, relative to `now_ms`.
+
+    `now_ms` is the caller's notion of "now": wall-clock time in the API,
+    the Kafka message's produce time in the dataflow, so a replay of old
+    messages is judged as it was when they arrived.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent("event must be a JSON object")
+    return UsageEvent(
+        transaction_id=_check_id(raw, "transaction_id"),
+        customer_id=_check_id(raw, "customer_id"),
+        event_type=_check_event_type(raw),
+        timestamp=_check_timestamp(raw, now_ms),
+        properties=_check_properties(raw),
+    )
+
+
+def transaction_id_of(raw: Any) -> str:
+    """The transaction_id to report a failure under, even for a broken event."""
+    if isinstance(raw, dict) and isinstance(raw.get("transaction_id"), str):
+        return raw["transaction_id"][:ID_MAX_LEN]
+    return ""
+
+
+def decode_event(value: bytes | None, now_ms: int) -> UsageEvent:
+    """Parse one Kafka message value (JSON) and validate it."""
+    if not value:
+        raise InvalidEvent("empty message")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from None
+    return validate_event(raw, now_ms)
