@@ -37,11 +37,16 @@ class Clients:
     def producer(self) -> Producer:
         return self._producer
 
-    def replace_producer(self, broken: Producer) -> None:
-        """Swap in a new producer after a fatal error (an idempotent producer
-        can be fenced for good, e.g. when the broker forgot its producer id)."""
+    def replace_producer(self, failed: Producer) -> None:
+        """Start over with a fresh producer after a failed delivery.
+
+        An idempotent producer whose messages failed can stay stuck for good:
+        fenced by a fatal error, or retrying a producer id that a restarted
+        broker no longer knows. A new producer asks for a new id. Requests
+        still waiting on the old one keep their reference until they finish.
+        """
         with self._producer_lock:
-            if self._producer is broken:
+            if self._producer is failed:
                 log.warning("kafka_producer_replaced")
                 self._producer = kafka_producer(self.settings)
 

@@ -94,7 +94,7 @@ def ingest_events(clients: Clients, raw_events: list[Any], customer_id: str) -> 
         timeout_s=settings.kafka_produce_timeout_s + 1,
     )
     errors = [err for err in outcomes if err is not None]
-    if any(err.fatal() for err in errors):
+    if errors:
         clients.replace_producer(producer)
     delivered = [
         (event.transaction_id, ingest_id)

@@ -11,7 +11,7 @@ import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.messages import DeadLetter
-from flows.retry import retry_forever
+from meterflow.retry import retry_forever
 from meterflow.clients import kafka_producer
 from meterflow.kafka import OutgoingMessage, produce_confirmed
 from meterflow.settings import Settings
@@ -31,6 +31,8 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
         failed = [(msg, err) for msg, err in zip(pending, outcomes) if err is not None]
         if failed:
             pending[:] = [msg for msg, _ in failed]
+            # A fresh producer, as the API does (see api.deps.Clients.replace_producer).
+            self._producer = kafka_producer(self._settings)
             raise RuntimeError(f"{len(failed)} dead letters not acknowledged: {failed[0][1]}")
 
     def write_batch(self, items: list[DeadLetter]) -> None:

@@ -23,12 +23,12 @@ from bytewax.dataflow import Dataflow
 from flows.clickhouse_sink import ClickHouseEventSink
 from flows.dlq_sink import DeadLetterSink
 from flows.messages import DeadLetter, IngestedEvent, ingest_id_of, produced_at_ms
-from flows.retry import retry_forever
+from meterflow.retry import retry_forever
 from flows.s3_sink import S3BackupSink
-from meterflow.clients import clickhouse_client, kafka_admin, redis_client, s3_client
+from meterflow.clients import redis_client
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
-from meterflow.storage import ensure_bucket, ensure_clickhouse, ensure_topics
+from meterflow.storage import ensure_all
 from operators import dedup
 from operators.events import InvalidEvent, decode_event
 
@@ -100,25 +100,18 @@ def events_source(settings: Settings) -> KafkaSource:
             # After a broker loses its log (in-memory Tansu restarted),
             # re-read from the start rather than skip to the end.
             "auto.offset.reset": "earliest",
-            "fetch.min.bytes": "1",
             "fetch.wait.max.ms": "50",
+            # Notice a recreated topic (a restarted in-memory broker) quickly.
+            "topic.metadata.refresh.interval.ms": "2000",
         },
     )
-
-
-def prepare_storage(settings: Settings) -> None:
-    """Create topics, tables and the bucket, waiting for each service to be up."""
-    retry_forever(lambda: ensure_topics(kafka_admin(settings), settings), what="kafka_topics")
-    retry_forever(
-        lambda: ensure_clickhouse(clickhouse_client(settings), settings), what="clickhouse_schema"
-    )
-    retry_forever(lambda: ensure_bucket(s3_client(settings), settings), what="s3_bucket")
 
 
 def build_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
-    prepare_storage(settings)
+    # Wait for the services rather than crash-loop while they start.
+    retry_forever(lambda: ensure_all(settings), what="prepare_storage")
 
     flow = Dataflow("meterflow_events")
     raw = op.input("kafka_in", flow, events_source(settings))

@@ -16,7 +16,7 @@ import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.messages import IngestedEvent
-from flows.retry import retry_forever
+from meterflow.retry import retry_forever
 from meterflow.clients import s3_client
 from meterflow.settings import Settings
 

@@ -62,7 +62,13 @@ def produce_confirmed(
     # with messages of their own in flight); poll() serves any callback.
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        producer.poll(0.005)
+        try:
+            producer.poll(0.005)
+        except KafkaException as exc:
+            # A fatal producer error surfaces here: nothing pending will be sent.
+            for index in pending:
+                outcomes[index] = exc.args[0]
+            pending.clear()
     for index in pending:
         outcomes[index] = KafkaError(KafkaError._MSG_TIMED_OUT, "not acknowledged in time")
     return outcomes

@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from minio import Minio
 from minio.error import S3Error
 
+from meterflow.clients import clickhouse_client, kafka_admin, s3_client
 from meterflow.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,3 +76,10 @@ def ensure_bucket(s3: Minio, settings: Settings) -> None:
     except S3Error as exc:
         if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
             raise
+
+
+def ensure_all(settings: Settings) -> None:
+    """Topics, tables and bucket, each created if missing."""
+    ensure_topics(kafka_admin(settings), settings)
+    ensure_clickhouse(clickhouse_client(settings), settings)
+    ensure_bucket(s3_client(settings), settings)

@@ -7,7 +7,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME
 from flows.clickhouse_sink import event_columns
 from flows.events import decode_batch
 from flows.messages import DeadLetter, IngestedEvent
-from flows.retry import retry_forever
+from meterflow.retry import retry_forever
 from flows.s3_sink import backup_objects
 from operators.dedup import INGEST_ID_HEADER
 from operators.events import UsageEvent
