@@ -27,7 +27,7 @@ ClickHouse and S3 data always survive restarts. Details per service in
     ...
     stack.stop()
 
-Also runnable: `python -m meterflow.stack up|down|status`.
+The CLI over it is `meterflow up|down|status [NAME ...]` (meterflow/cli.py).
 """
 
 from meterflow.stack.config import HOST, KAFKA_BUCKET, S3Ports, StackConfig, free_port

@@ -56,7 +56,8 @@ import meterflow
 from meterflow.stack.config import HOST, KAFKA_BUCKET, StackConfig
 from meterflow.stack.process import HealthCheck, Launch, ProcessSpec, StackError, port_accepts
 
-CORE_SERVICES: tuple[str, ...] = ("redis", "kafka", "clickhouse", "s3")
+# In start order: the broker keeps its log in the s3 service.
+CORE_SERVICES: tuple[str, ...] = ("s3", "redis", "kafka", "clickhouse")
 
 _INSTALL_HINT = "run scripts/install.sh"
 
@@ -64,10 +65,10 @@ _INSTALL_HINT = "run scripts/install.sh"
 def build_specs(config: StackConfig) -> dict[str, ProcessSpec]:
     """The core services of `config`, in start order."""
     return {
+        "s3": s3_spec(config),
         "redis": redis_spec(config),
         "kafka": kafka_spec(config),
         "clickhouse": clickhouse_spec(config),
-        "s3": s3_spec(config),
     }
 
 
@@ -186,13 +187,14 @@ _AWS_ENV = (
 def _ensure_bucket(config: StackConfig, bucket: str) -> None:
     from minio import Minio
     from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
 
     client = Minio(f"{HOST}:{config.s3_port}", access_key=config.s3_access_key,
                    secret_key=config.s3_secret_key, secure=False)  # fmt: skip
     try:
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
-    except (S3Error, OSError) as exc:
+    except (S3Error, OSError, HTTPError) as exc:
         raise StackError(f"kafka_storage='s3' needs the s3 service: cannot create bucket {bucket}: {exc}") from exc
 
 
