@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from tests.integration.conftest import make_event, now_ms
 
 
@@ -31,8 +33,6 @@ def test_keys_are_stored_hashed(api, customer, redis):
     assert customer.api_key.startswith("mf_")
     stored = b"".join(redis.keys("apikey:*"))
     assert customer.api_key.encode() not in stored
-    import hashlib
-
     assert redis.exists("apikey:" + hashlib.sha256(customer.api_key.encode()).hexdigest())
 
 
