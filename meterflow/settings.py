@@ -39,8 +39,6 @@ class Settings:
     s3_bucket: str = "meterflow-events"
     # Dataflow
     flow_batch_size: int = 1000
-    sink_batch_max_events: int = 5000
-    sink_flush_interval_s: float = 0.2
     sink_retry_max_backoff_s: float = 10.0
     # API
     api_host: str = "127.0.0.1"
