@@ -44,6 +44,12 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 3000
     admin_token: str = ""
+    rate_limit_requests: int = 100
+    rate_limit_window_s: int = 60
+    # Billing (Stripe): dry run unless a key is set
+    stripe_api_key: str = ""
+    stripe_api_base: str = ""  # empty = Stripe's own; tests point it at a local stand-in
+    stripe_max_network_retries: int = 2
     # Local native stack
     data_dir: Path = field(default_factory=lambda: Path(".data").resolve())
     log_level: str = "INFO"
