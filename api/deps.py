@@ -9,12 +9,14 @@ from typing import Annotated
 
 import redis
 import structlog
+from clickhouse_connect.driver.client import Client as ClickHouseClient
 from confluent_kafka import Producer
 from fastapi import Depends, Header, HTTPException, Request
 
 from api import keys
 from api.errors import ServiceUnavailable
-from meterflow.clients import kafka_producer, redis_client
+from api.ratelimit import RateLimiter
+from meterflow.clients import clickhouse_client, kafka_producer, redis_client
 from meterflow.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -26,12 +28,35 @@ class Clients:
 
     settings: Settings
     redis: redis.Redis
+    rate_limiter: RateLimiter
     _producer: Producer
-    _producer_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _clickhouse: ClickHouseClient | None = None
 
     @classmethod
     def connect(cls, settings: Settings) -> "Clients":
-        return cls(settings=settings, redis=redis_client(settings), _producer=kafka_producer(settings))
+        redis_conn = redis_client(settings)
+        return cls(
+            settings=settings,
+            redis=redis_conn,
+            rate_limiter=RateLimiter(
+                redis_conn, settings.rate_limit_requests, settings.rate_limit_window_s
+            ),
+            _producer=kafka_producer(settings),
+        )
+
+    @property
+    def clickhouse(self) -> ClickHouseClient:
+        """Connected on first use, so the API starts (and ingests) while
+        ClickHouse is still down; queries then answer 503."""
+        if self._clickhouse is None:
+            with self._lock:
+                if self._clickhouse is None:
+                    try:
+                        self._clickhouse = clickhouse_client(self.settings)
+                    except Exception as exc:  # noqa: BLE001 - connect errors vary by transport
+                        raise ServiceUnavailable(f"ClickHouse unavailable: {exc}") from exc
+        return self._clickhouse
 
     @property
     def producer(self) -> Producer:
@@ -45,7 +70,7 @@ class Clients:
         broker no longer knows. A new producer asks for a new id. Requests
         still waiting on the old one keep their reference until they finish.
         """
-        with self._producer_lock:
+        with self._lock:
             if self._producer is failed:
                 log.warning("kafka_producer_replaced")
                 self._producer = kafka_producer(self.settings)
@@ -53,6 +78,8 @@ class Clients:
     def close(self) -> None:
         self._producer.flush(self.settings.kafka_produce_timeout_s)
         self.redis.close()
+        if self._clickhouse is not None:
+            self._clickhouse.close()
 
 
 def get_clients(request: Request) -> Clients:
@@ -63,21 +90,41 @@ ClientsDep = Annotated[Clients, Depends(get_clients)]
 
 
 def require_api_key(
+    request: Request,
     clients: ClientsDep,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> keys.ApiKeyRecord:
+    """The caller's key, after the customer's rate limit admitted the request.
+
+    The limit's headers go to `request.state`, from where a middleware puts
+    them on the response, error responses included.
+    """
     if not x_api_key:
         raise HTTPException(401, "missing X-API-Key header")
     try:
         record = keys.lookup_key(clients.redis, x_api_key)
+        if record is None:
+            raise HTTPException(401, "invalid or revoked API key")
+        decision = clients.rate_limiter.hit(record.customer_id)
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"key store unavailable: {exc}") from exc
-    if record is None:
-        raise HTTPException(401, "invalid or revoked API key")
+    request.state.rate_limit_headers = decision.headers()
+    if not decision.allowed:
+        raise HTTPException(
+            429,
+            f"rate limit of {decision.limit} requests per {decision.window_s} s exceeded",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
     return record
 
 
 ApiKeyDep = Annotated[keys.ApiKeyRecord, Depends(require_api_key)]
+
+
+def ensure_own_customer(key: keys.ApiKeyRecord, customer_id: str) -> None:
+    """A key reads and writes only its own customer's data."""
+    if customer_id != key.customer_id:
+        raise HTTPException(403, "this API key may not access another customer's data")
 
 
 def require_admin(

@@ -19,7 +19,7 @@ class ServiceUnavailable(Exception):
 def _describe(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query"))
         parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
     return "; ".join(parts) or "invalid request"
 
@@ -33,7 +33,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _describe(exc)}, status_code=422)
+        # A malformed body is 422 (the contract's clients expect it); a bad
+        # query parameter is a plain 400.
+        in_body = any(error.get("loc", ("",))[0] == "body" for error in exc.errors())
+        return JSONResponse({"error": _describe(exc)}, status_code=422 if in_body else 400)
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:

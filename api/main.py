@@ -11,11 +11,11 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from api.deps import Clients
 from api.errors import install_error_handlers
-from api.routers import admin, events, health
+from api.routers import admin, catalog, events, health, invoices, usage
 from meterflow.clients import kafka_admin
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
@@ -43,7 +43,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="MeterFlow", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def rate_limit_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(getattr(request.state, "rate_limit_headers", {}))
+        return response
+
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(admin.router)
+    app.include_router(catalog.router)
+    app.include_router(usage.router)
+    app.include_router(invoices.router)
     return app
