@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
 
 
 class ServiceUnavailable(Exception):
@@ -37,6 +40,11 @@ def install_error_handlers(app: FastAPI) -> None:
         # query parameter is a plain 400.
         in_body = any(error.get("loc", ("",))[0] == "body" for error in exc.errors())
         return JSONResponse({"error": _describe(exc)}, status_code=422 if in_body else 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return JSONResponse({"error": "internal error"}, status_code=500)
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
