@@ -43,3 +43,30 @@ DEFAULT_CATALOG: tuple[Metric, ...] = (
 
 def catalog_by_code(catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> dict[str, Metric]:
     return {metric.code: metric for metric in catalog}
+
+
+def observe(event_type: str, properties: dict, catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> list[tuple[str, float]]:
+    """The (metric code, value) pairs one event contributes to the detectors.
+
+    COUNT contributes 1; SUM, MAX, AVG and LATEST the numeric value of their
+    property (events without it, or with a non-numeric one, contribute
+    nothing); UNIQUE_COUNT is not observed (not additive per hour).
+    """
+    out: list[tuple[str, float]] = []
+    for metric in catalog:
+        if metric.event_type != event_type or metric.aggregation is Aggregation.UNIQUE_COUNT:
+            continue
+        if metric.aggregation is Aggregation.COUNT:
+            out.append((metric.code, 1.0))
+            continue
+        value = properties.get(metric.property)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out.append((metric.code, float(value)))
+        elif isinstance(value, str):
+            try:
+                out.append((metric.code, float(value)))
+            except ValueError:
+                continue
+    return out

@@ -1,0 +1,96 @@
+"""The streaming detector driven directly, without Bytewax or services."""
+
+import pickle
+from datetime import datetime, timezone
+
+from flows.detectors import DAY_MS, HOUR_MS, DetectorConfig, UsageDetector
+
+START_DAY = int(datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS  # a Thursday
+
+
+def feed(detector, day, hours, per_hour=10, value=1.0):
+    """`per_hour` events spread over each of `hours` of `day`; returns the alerts."""
+    alerts = []
+    for hour in hours:
+        for i in range(per_hour):
+            ts = day * DAY_MS + hour * HOUR_MS + i * (HOUR_MS // per_hour)
+            alerts += detector.observe(ts, value, now_ms=ts)
+    return alerts
+
+
+def business_history(detector, days=21):
+    alerts = []
+    for d in range(days):
+        alerts += feed(detector, START_DAY + d, range(9, 17))
+    return alerts
+
+
+def test_a_steady_business_history_raises_nothing_and_learns_baselines():
+    detector = UsageDetector("acme", "api_calls")
+    assert business_history(detector) == []
+    assert len(detector.baselines) == 7
+    assert sum(b.days for b in detector.baselines.values()) == 20  # the last day is still open
+    assert detector.baselines[0].volume == 80
+    assert detector.day_stats.count == 20
+
+
+def test_stolen_key_at_night_with_the_same_volume_is_caught_within_hours():
+    detector = UsageDetector("acme", "api_calls")
+    business_history(detector)
+    fraud_day = START_DAY + 21
+    alerts = feed(detector, fraud_day, range(0, 8))  # 80 calls at night, as many as a usual day
+    patterns = [a for a in alerts if a.kind == "fraud_pattern"]
+    assert patterns, alerts
+    first = patterns[0]
+    assert first.severity == "critical" and first.score < 0.9
+    assert first.evidence["hours_observed"] <= 3  # evidence after 8 calls (10 % of 80) at most two hours in
+    assert first.window_start == fraud_day * DAY_MS
+    assert len(patterns) == 1  # fires once per day, not on every later check
+
+
+def test_spike_of_an_hour_is_a_critical_usage_spike_before_the_hour_ends():
+    detector = UsageDetector("acme", "api_calls")
+    business_history(detector)
+    day = START_DAY + 21
+    alerts = feed(detector, day, [9], per_hour=200)
+    spikes = [a for a in alerts if a.kind == "usage_spike"]
+    assert spikes and spikes[0].severity in ("warning", "critical")
+    assert any(a.severity == "critical" for a in spikes)
+    assert all(a.evidence["hour"] == 9 for a in spikes)
+    assert spikes[0].evidence["partial"] is True
+
+
+def test_daily_anomaly_fires_when_the_day_closes():
+    detector = UsageDetector("acme", "bandwidth")
+    business_history(detector)
+    day = START_DAY + 21
+    feed(detector, day, range(9, 17), value=5.0)  # five times the usual volume, same shape
+    alerts = feed(detector, day + 1, [9], per_hour=1)
+    daily = [a for a in alerts if a.kind == "daily_anomaly"]
+    assert len(daily) == 1 and daily[0].severity == "critical" and daily[0].window_start == day * DAY_MS
+
+
+def test_late_events_of_closed_days_are_ignored_and_state_pickles():
+    detector = UsageDetector("acme", "api_calls")
+    feed(detector, START_DAY + 1, [10])
+    assert detector.observe(START_DAY * DAY_MS, 1.0, now_ms=0) == []
+    assert detector.late_events == 1
+    restored = pickle.loads(pickle.dumps(detector))
+    assert restored == detector
+
+
+def test_max_metrics_combine_by_max():
+    detector = UsageDetector("acme", "storage_peak", combine="max", config=DetectorConfig())
+    for v in (3.0, 9.0, 4.0):
+        detector.observe(START_DAY * DAY_MS + 10 * HOUR_MS, v, now_ms=0)
+    assert detector.hours[10] == 9.0
+
+
+def test_alert_ids_are_stable_per_window():
+    a = UsageDetector("acme", "api_calls")
+    b = UsageDetector("acme", "api_calls")
+    for detector in (a, b):
+        business_history(detector)
+    ids_a = [x.alert_id for x in feed(a, START_DAY + 21, range(0, 8))]
+    ids_b = [x.alert_id for x in feed(b, START_DAY + 21, range(0, 8))]
+    assert ids_a == ids_b and ids_a
