@@ -2,7 +2,7 @@
 
 Bytewax's own KafkaSink flushes without looking at delivery reports, so a
 failed dead letter would vanish; this sink retries until every one is
-acknowledged.
+acknowledged (meterflow.kafka.ConfirmedPublisher).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.messages import DeadLetter
 from meterflow.retry import retry_forever
-from meterflow.clients import kafka_producer
-from meterflow.kafka import OutgoingMessage, produce_confirmed
+from meterflow.kafka import ConfirmedPublisher, OutgoingMessage
 from meterflow.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -22,18 +21,7 @@ log = structlog.get_logger(__name__)
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._producer = kafka_producer(settings)
-
-    def _send(self, pending: list[OutgoingMessage]) -> None:
-        outcomes = produce_confirmed(
-            self._producer, pending, timeout_s=self._settings.kafka_produce_timeout_s
-        )
-        failed = [(msg, err) for msg, err in zip(pending, outcomes) if err is not None]
-        if failed:
-            pending[:] = [msg for msg, _ in failed]
-            # A fresh producer, as the API does (see api.deps.Clients.replace_producer).
-            self._producer = kafka_producer(self._settings)
-            raise RuntimeError(f"{len(failed)} dead letters not acknowledged: {failed[0][1]}")
+        self._publisher = ConfirmedPublisher(settings)
 
     def write_batch(self, items: list[DeadLetter]) -> None:
         if not items:
@@ -43,7 +31,7 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
             for item in items
         ]
         retry_forever(
-            lambda: self._send(pending),
+            lambda: self._publisher.send(pending),
             what="dlq_produce",
             max_backoff_s=self._settings.sink_retry_max_backoff_s,
         )
@@ -57,7 +45,7 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
             )
 
     def close(self) -> None:
-        self._producer.flush(self._settings.kafka_produce_timeout_s)
+        self._publisher.close()
 
 
 class DeadLetterSink(DynamicSink[DeadLetter]):

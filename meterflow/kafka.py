@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from meterflow.clients import kafka_producer
+from meterflow.settings import Settings
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
@@ -72,3 +75,25 @@ def produce_confirmed(
     for index in pending:
         outcomes[index] = KafkaError(KafkaError._MSG_TIMED_OUT, "not acknowledged in time")
     return outcomes
+
+
+class ConfirmedPublisher:
+    """A producer for sinks: `send` raises unless every message was
+    acknowledged, keeping only the failed ones in the list it was given, so
+    a retry resends exactly those (with a fresh producer, see
+    api.deps.Clients.replace_producer for why)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer = kafka_producer(settings)
+
+    def send(self, pending: list[OutgoingMessage]) -> None:
+        outcomes = produce_confirmed(self._producer, pending, self._settings.kafka_produce_timeout_s)
+        failed = [(msg, err) for msg, err in zip(pending, outcomes) if err is not None]
+        if failed:
+            pending[:] = [msg for msg, _ in failed]
+            self._producer = kafka_producer(self._settings)
+            raise RuntimeError(f"{len(failed)} messages not acknowledged: {failed[0][1]}")
+
+    def close(self) -> None:
+        self._producer.flush(self._settings.kafka_produce_timeout_s)

@@ -38,6 +38,32 @@ PARTITION BY toYYYYMM(timestamp)
 ORDER BY (customer_id, event_type, timestamp, transaction_id)
 """
 
+# One row per alert id: a detector that re-detects the same finding after a
+# restart inserts the same id again, and FINAL shows it once.
+ALERTS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.alerts
+(
+    alert_id     String,
+    customer_id  String,
+    metric       LowCardinality(String),
+    kind         LowCardinality(String),
+    severity     LowCardinality(String),
+    score        Nullable(Float64),
+    window_start DateTime64(3, 'UTC'),
+    window_end   DateTime64(3, 'UTC'),
+    evidence     String,
+    created_at   DateTime64(3, 'UTC'),
+    event_time   DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (customer_id, alert_id)
+"""
+
+ALERTS_COLUMNS = [
+    "alert_id", "customer_id", "metric", "kind", "severity", "score",
+    "window_start", "window_end", "evidence", "created_at", "event_time",
+]  # fmt: skip
+
 EVENTS_COLUMNS = ["transaction_id", "customer_id", "event_type", "timestamp", "properties"]
 
 
@@ -66,6 +92,7 @@ def ensure_clickhouse(client: ClickHouseClient, settings: Settings) -> None:
     # configuration, never from a request.
     client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")  # sql-ok
     client.command(EVENTS_DDL.format(db=f"`{db}`"))
+    client.command(ALERTS_DDL.format(db=f"`{db}`"))
 
 
 def ensure_bucket(s3: Minio, settings: Settings) -> None:
