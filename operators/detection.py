@@ -143,20 +143,31 @@ def check_partial_day(
     """A day in progress, after its first `hours_closed` hours, against the baseline.
 
     Method: both vectors are cut to the closed hours before comparing, so an
-    afternoon not yet lived is not mistaken for a change; the volume is
-    compared with the share of the baseline's daily volume those hours
-    usually carry. Traffic in hours the baseline says are quiet (night-time
-    use of a stolen key) scores a low similarity as soon as it happens.
+    afternoon not yet lived is not mistaken for a change. Traffic in hours
+    the baseline says are quiet (night-time use of a stolen key) scores a
+    low similarity as soon as it happens. Volume is one-sided before the day
+    ends: only a total that already exceeds the usual day by more than the
+    tolerance is certain to be a volume change (a shortfall may still be
+    made up), so `volume_change_percent` is today-so-far against the whole
+    usual day.
     """
-    if baseline is None or hours_closed <= 0:
+    if baseline is None or hours_closed <= 0 or baseline.volume <= 0:
         return PatternVerdict(1.0, None, None)
     observed = np.asarray(vector, dtype=float)[:hours_closed]
     usual = np.asarray(baseline.vector)[:hours_closed]
-    expected = float(usual.sum()) * baseline.volume
     if observed.sum() > 0 and usual.sum() == 0:
-        # All of today's traffic falls in hours that are usually empty.
-        return classify_pattern(0.0, float(observed.sum()), baseline.volume * hours_closed / HOURS)
-    return classify_pattern(cosine(observed, usual), float(observed.sum()), expected)
+        similarity = 0.0  # all of today's traffic falls in hours that are usually empty
+    else:
+        similarity = cosine(observed, usual)
+    change = (float(observed.sum()) - baseline.volume) / baseline.volume
+    shifted = similarity < SIMILARITY_THRESHOLD
+    volume_moved = change > VOLUME_TOLERANCE
+    kind: PatternKind | None = None
+    if shifted:
+        kind = "pattern_and_volume" if volume_moved else "pattern_shift"
+    elif volume_moved:
+        kind = "volume_change"
+    return PatternVerdict(similarity, round(change * 100, 2), kind)
 
 
 def zscore(value: float, mean: float, stddev: float) -> float:

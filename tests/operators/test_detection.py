@@ -89,7 +89,13 @@ def test_partial_day_flags_night_traffic_early_and_ignores_the_unlived_afternoon
     baseline = baseline_of()
     night_so_far = NIGHT.copy()
     verdict = check_partial_day(night_so_far, hours_closed=4, baseline=baseline)
-    assert verdict.similarity == 0.0 and verdict.kind is not None
+    assert verdict.similarity == 0.0 and verdict.kind == "pattern_shift" and verdict.is_fraud
+    # A stolen key used on top of the usual volume is both.
+    assert check_partial_day(NIGHT * 3, hours_closed=8, baseline=baseline).kind == "pattern_and_volume"
+    # The usual shape with twice the whole day's volume by noon is a volume change.
+    busy = BUSINESS * 5
+    busy[12:] = 0
+    assert check_partial_day(busy, hours_closed=12, baseline=baseline).kind == "volume_change"
     # A usual morning, judged at noon, is fine although the afternoon is still empty.
     morning = BUSINESS.copy()
     morning[12:] = 0
