@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 
 from api.deps import Clients
 from api.errors import install_error_handlers
-from api.routers import admin, catalog, events, health, invoices, usage
+from api.routers import admin, alerts, catalog, events, health, invoices, usage
 from meterflow.clients import kafka_admin
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
@@ -56,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(usage.router)
     app.include_router(invoices.router)
+    app.include_router(alerts.router)
     return app

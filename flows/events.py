@@ -1,35 +1,41 @@
-"""The events dataflow: Kafka -> validate -> dedup -> ClickHouse + S3.
+"""The events dataflow: Kafka -> validate -> dedup -> ClickHouse + S3, and
+the streaming detectors -> alerts.
 
-Run it with::
+Run it with recovery (see flows.run)::
 
-    python -m bytewax.run "flows.events:build_flow()"
+    python -m flows.run
 
 Guarantees: a message that is not a valid event goes to `events.dlq` with
 its reason; a valid event is counted once (dedup in Redis, see
 operators.dedup) and stored idempotently (ReplacingMergeTree, per-batch S3
 objects). Every side effect retries until it succeeds, so an outage stalls
-the flow instead of dropping data.
+the flow instead of dropping data. Detector state and source offsets are
+snapshotted by Bytewax recovery, so a restarted flow resumes both together.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import time
 
 import bytewax.operators as op
 import structlog
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
+from flows.alert_sink import AlertSink
 from flows.clickhouse_sink import ClickHouseEventSink
+from flows.detectors import Observation, UsageDetector, combine_of, hourly_observations
 from flows.dlq_sink import DeadLetterSink
 from flows.messages import DeadLetter, IngestedEvent, ingest_id_of, produced_at_ms
-from meterflow.retry import retry_forever
 from flows.s3_sink import S3BackupSink
 from meterflow.clients import redis_client
 from meterflow.log import configure_logging
+from meterflow.retry import retry_forever
 from meterflow.settings import Settings
 from meterflow.storage import ensure_all
 from operators import dedup
+from operators.alerts import Alert
+from operators.baselines import load_baselines
 from operators.events import InvalidEvent, decode_event
 
 log = structlog.get_logger(__name__)
@@ -88,6 +94,36 @@ class Deduplicator:
         return kept
 
 
+def keyed_observations(batch: list[IngestedEvent]) -> list[tuple[str, Observation]]:
+    return [(obs.key, obs) for obs in hourly_observations(item.event for item in batch)]
+
+
+class Detect:
+    """The `detect` step: one UsageDetector per (customer, metric).
+
+    A detector seen for the first time starts from the weekday baselines
+    stored by `POST /v1/fraud/baselines/build`, if any; after that its state
+    (baselines learned online included) lives in Bytewax recovery.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._redis = redis_client(settings)
+
+    def _new_detector(self, obs: Observation) -> UsageDetector:
+        baselines = retry_forever(
+            lambda: load_baselines(self._redis, obs.customer_id, obs.metric),
+            what="redis_baselines",
+            max_backoff_s=self._settings.sink_retry_max_backoff_s,
+        )
+        return UsageDetector(obs.customer_id, obs.metric, combine=combine_of(obs.metric), baselines=baselines)
+
+    def __call__(self, detector: UsageDetector | None, obs: Observation) -> tuple[UsageDetector, list[Alert]]:
+        if detector is None:
+            detector = self._new_detector(obs)
+        return detector, detector.observe(obs.timestamp, obs.value, now_ms=int(time.time() * 1000))
+
+
 def events_source(settings: Settings) -> KafkaSource:
     return KafkaSource(
         brokers=settings.kafka_bootstrap_servers.split(","),
@@ -125,5 +161,10 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     # IngestedEvent: first copy of each transaction_id, or a replay of it
     op.output("clickhouse_out", unique, ClickHouseEventSink(settings))
     op.output("s3_out", unique, S3BackupSink(settings))
+    observations = op.flat_map_batch("observe", unique, keyed_observations)
+    # ("customer/metric", Observation): a batch's events folded per hour
+    alerts = op.stateful_flat_map("detect", observations, Detect(settings))
+    # ("customer/metric", Alert)
+    op.output("alerts_out", alerts, AlertSink(settings))
     log.info("dataflow_built", topic=settings.topic_events, brokers=settings.kafka_bootstrap_servers)
     return flow

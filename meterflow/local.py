@@ -13,7 +13,7 @@ import urllib.request
 from meterflow.settings import Settings
 from meterflow.stack import Stack, StackConfig
 
-DATAFLOW_ARGV = [sys.executable, "-m", "bytewax.run", "flows.events:build_flow()"]
+DATAFLOW_ARGV = [sys.executable, "-m", "flows.run"]
 
 
 def api_argv(settings: Settings) -> list[str]:

@@ -39,7 +39,12 @@ class Settings:
     s3_bucket: str = "meterflow-events"
     # Dataflow
     flow_batch_size: int = 1000
+    flow_workers: int = 1  # Bytewax workers in the dataflow process
     sink_retry_max_backoff_s: float = 10.0
+    # Bytewax recovery: state and Kafka offsets snapshotted every this many
+    # seconds into <data_dir>/dataflow-recovery; a restart replays at most that much.
+    snapshot_interval_s: int = 5
+    recovery_partitions: int = 4
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 3000
@@ -50,6 +55,9 @@ class Settings:
     stripe_api_key: str = ""
     stripe_api_base: str = ""  # empty = Stripe's own; tests point it at a local stand-in
     stripe_max_network_retries: int = 2
+    # JSON object {meterflow customer_id: Stripe customer id}; unmapped customers are
+    # created in Stripe on their first live run (mapping kept in Redis `stripe:customers`)
+    stripe_customer_map: str = ""
     # Local native stack
     data_dir: Path = field(default_factory=lambda: Path(".data").resolve())
     log_level: str = "INFO"

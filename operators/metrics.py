@@ -45,16 +45,26 @@ def catalog_by_code(catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> dict[str, 
     return {metric.code: metric for metric in catalog}
 
 
+# Aggregations a detector can follow hour by hour, and how values of one
+# hour combine: counts and sums add up, peaks take the largest. AVG, LATEST
+# and UNIQUE_COUNT are not hourly-additive, so they are not watched.
+DETECTOR_COMBINE: dict[Aggregation, str] = {
+    Aggregation.COUNT: "sum",
+    Aggregation.SUM: "sum",
+    Aggregation.MAX: "max",
+}
+
+
 def observe(event_type: str, properties: dict, catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> list[tuple[str, float]]:
     """The (metric code, value) pairs one event contributes to the detectors.
 
-    COUNT contributes 1; SUM, MAX, AVG and LATEST the numeric value of their
-    property (events without it, or with a non-numeric one, contribute
-    nothing); UNIQUE_COUNT is not observed (not additive per hour).
+    COUNT contributes 1; SUM and MAX the numeric value of their property
+    (events without it, or with a non-numeric one, contribute nothing);
+    other aggregations are not observed (see DETECTOR_COMBINE).
     """
     out: list[tuple[str, float]] = []
     for metric in catalog:
-        if metric.event_type != event_type or metric.aggregation is Aggregation.UNIQUE_COUNT:
+        if metric.event_type != event_type or metric.aggregation not in DETECTOR_COMBINE:
             continue
         if metric.aggregation is Aggregation.COUNT:
             out.append((metric.code, 1.0))

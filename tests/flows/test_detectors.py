@@ -3,7 +3,8 @@
 import pickle
 from datetime import datetime, timezone
 
-from flows.detectors import DAY_MS, HOUR_MS, DetectorConfig, UsageDetector
+from flows.detectors import DAY_MS, HOUR_MS, DetectorConfig, Observation, UsageDetector, hourly_observations
+from operators.events import UsageEvent
 
 START_DAY = int(datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS  # a Thursday
 
@@ -94,3 +95,22 @@ def test_alert_ids_are_stable_per_window():
     ids_a = [x.alert_id for x in feed(a, START_DAY + 21, range(0, 8))]
     ids_b = [x.alert_id for x in feed(b, START_DAY + 21, range(0, 8))]
     assert ids_a == ids_b and ids_a
+
+
+def test_a_batch_folds_into_one_observation_per_customer_metric_and_hour():
+    base = START_DAY * DAY_MS
+    events = [
+        UsageEvent("t1", "acme", "api_request", base + 2 * HOUR_MS + 10, {"bytes": 5}),
+        UsageEvent("t2", "acme", "storage", base + HOUR_MS + 20, {"gb_stored": 7}),
+        UsageEvent("t3", "acme", "api_request", base + 2 * HOUR_MS + 30, {"bytes": "6"}),
+        UsageEvent("t4", "acme", "storage", base + HOUR_MS + 10, {"gb_stored": 9}),
+        UsageEvent("t5", "zeta", "api_request", base + HOUR_MS, {}),
+    ]
+    observations = hourly_observations(events)
+    assert observations == [
+        Observation("acme", "storage_peak", base + HOUR_MS + 20, 9.0),  # MAX takes the peak
+        Observation("zeta", "api_calls", base + HOUR_MS, 1.0),  # no bytes: counted, no bandwidth
+        Observation("acme", "api_calls", base + 2 * HOUR_MS + 30, 2.0),
+        Observation("acme", "bandwidth", base + 2 * HOUR_MS + 30, 11.0),
+    ]
+    assert observations[0].key == "acme/storage_peak"

@@ -33,6 +33,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Se
         data_dir=config.data_dir,
         kafka_produce_timeout_s=3.0,
         sink_retry_max_backoff_s=1.0,
+        snapshot_interval_s=1,
         log_level="DEBUG",
     )
     settings = config.settings(base)

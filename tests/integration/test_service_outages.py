@@ -81,8 +81,8 @@ def test_redis_outage_is_503_at_the_api_and_stalls_dedup(api, customer, stack, s
 
 
 def test_killed_dataflow_replays_without_double_counting(api, customer, stack, settings, clickhouse):
-    """kill -9, restart: the flow re-reads events.raw from the start (no
-    recovery snapshots yet); dedup lets the replayed copies through and
+    """kill -9, restart: the flow resumes from its last recovery snapshot and
+    re-reads what came after it; dedup lets the replayed copies through and
     ReplacingMergeTree collapses them, so every total stays exact."""
     first = [make_event(customer.customer_id, properties={"bytes": 7}) for _ in range(40)]
     post(api, customer, first)
