@@ -14,6 +14,7 @@ from meterflow.settings import Settings
 from meterflow.stack import Stack, StackConfig
 
 DATAFLOW_ARGV = [sys.executable, "-m", "flows.run"]
+ALERT_WEBHOOK_ARGV = [sys.executable, "-m", "meterflow.alert_webhook"]
 
 
 def api_argv(settings: Settings) -> list[str]:
@@ -40,6 +41,8 @@ def local_stack(config: StackConfig, settings: Settings) -> Stack:
     stack = Stack(config)
     env = {**os.environ, **settings.as_env()}
     stack.add_process("dataflow", DATAFLOW_ARGV, env=env)
+    if settings.alert_webhook_url:
+        stack.add_process("alert-webhook", ALERT_WEBHOOK_ARGV, env=env)
     stack.add_process(
         "api",
         api_argv(settings),

@@ -58,6 +58,12 @@ class Settings:
     # JSON object {meterflow customer_id: Stripe customer id}; unmapped customers are
     # created in Stripe on their first live run (mapping kept in Redis `stripe:customers`)
     stripe_customer_map: str = ""
+    # Webhooks: alerts POSTed here by `python -m meterflow.alert_webhook` (off when empty)
+    alert_webhook_url: str = ""
+    webhook_secret: str = ""  # HMAC-SHA256 signing key; unsigned when empty
+    webhook_attempts: int = 5
+    webhook_max_backoff_s: float = 30.0
+    webhook_timeout_s: float = 10.0
     # Local native stack
     data_dir: Path = field(default_factory=lambda: Path(".data").resolve())
     log_level: str = "INFO"
