@@ -23,18 +23,21 @@ from meterflow.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+DAY_MS = 86_400_000
+
+
 def day_prefix(timestamp_ms: int) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc).strftime("%Y/%m/%d")
 
 
 def backup_objects(items: list[IngestedEvent], now_ms: int) -> dict[str, bytes]:
     """Group a batch by event day into {object key: NDJSON body}."""
-    lines: dict[str, list[bytes]] = defaultdict(list)
+    lines: dict[int, list[bytes]] = defaultdict(list)
     for item in items:
-        lines[day_prefix(item.event.timestamp)].append(item.to_backup_json())
+        lines[item.event.timestamp // DAY_MS].append(item.to_backup_json())
     suffix = f"{now_ms}_{secrets.token_hex(4)}"
     return {
-        f"events/{day}/batch_{suffix}.ndjson": b"\n".join(day_lines) + b"\n"
+        f"events/{day_prefix(day * DAY_MS)}/batch_{suffix}.ndjson": b"\n".join(day_lines) + b"\n"
         for day, day_lines in lines.items()
     }
 

@@ -1,0 +1,102 @@
+"""Sustained dataflow throughput from a pre-filled events.raw, against the bare copy.
+
+    .venv/bin/python benchmarks/dataflow.py [--events 1000000] [--workers 1 2]
+
+For each worker count, a fresh private system: fill `events.raw` with
+`--events` valid events (1000 customers, keyed like the API), run
+benchmarks/baseline_copy.py's bare consumer + columnar insert over the same
+messages, then start the real dataflow (`python -m flows.run`: decode,
+validate, Redis dedup, ClickHouse, S3 backup, detectors, recovery
+snapshots) and time it until every event is a row in ClickHouse.
+"events/s" counts from the first stored row to the last (steady state);
+"with start" includes the process start and the storage checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from baseline_copy import copy  # noqa: I001 - benchmarks run as scripts
+from common import fill_topic, private_system, report
+from meterflow.clients import clickhouse_client
+from meterflow.settings import Settings
+
+
+def stored(ch, settings: Settings) -> int:
+    return ch.query(f"SELECT count() FROM `{settings.clickhouse_database}`.events").result_rows[0][0]  # sql-ok
+
+
+def profile(pid: int, out: Path) -> subprocess.Popen:
+    """Sample the running dataflow with py-spy (pip install py-spy) into
+    collapsed stacks (`out`.txt, for flamegraph tools) and an SVG flame graph."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+         "--format", "raw", "--output", str(out.with_suffix(".txt"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | None = None) -> dict[str, Any]:
+    ch = clickhouse_client(settings)
+    started = time.monotonic()
+    stack.start_service("dataflow")
+    profiler = profile(stack.status()["dataflow"].pid, profile_to) if profile_to else None
+    first_at = None
+    count = 0
+    with tqdm(total=expected, desc=f"dataflow -w {settings.flow_workers}", unit="ev", unit_scale=True,
+              file=sys.stderr) as bar:  # fmt: skip
+        while count < expected:
+            time.sleep(0.2)
+            now = stored(ch, settings)
+            if now and first_at is None:
+                first_at, first_count = time.monotonic(), now
+            bar.update(now - count)
+            count = now
+    done = time.monotonic()
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        profiler.wait(60)
+    steady = done - first_at if first_at and done > first_at else done - started
+    return {
+        "pipeline": f"dataflow w={settings.flow_workers}",
+        "events": expected,
+        "seconds": round(done - started, 2),
+        "events_per_s": round((expected - first_count) / steady) if first_at else round(expected / steady),
+        "with_start_per_s": round(expected / (done - started)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--profile", type=Path, help="write py-spy samples of the dataflow to PATH-w<N>.txt")
+    args = parser.parse_args()
+    rows = []
+    for workers in args.workers:
+        with private_system(start=[], flow_workers=workers) as (stack, settings):
+            fill_topic(settings, args.events)
+            baseline = copy(settings, args.events)
+            profile_to = args.profile.with_name(f"{args.profile.stem}-w{workers}") if args.profile else None
+            flow = run_dataflow(stack, settings, args.events, profile_to)
+            flow["ratio_to_baseline"] = round(flow["events_per_s"] / baseline["events_per_s"], 2)
+            rows += [baseline, flow]
+    report(
+        "dataflow",
+        {"events": args.events, "partitions": settings.topic_partitions, "batch": settings.flow_batch_size},
+        ["pipeline", "events", "seconds", "events_per_s", "with_start_per_s", "ratio_to_baseline"],
+        rows,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
