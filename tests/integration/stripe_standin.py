@@ -1,0 +1,190 @@
+"""A local HTTP server standing in for Stripe's API (`STRIPE_API_BASE`).
+
+It records every request the real Stripe SDK sends (method, path, form
+body, Idempotency-Key, Authorization) and answers with Stripe-shaped JSON
+for the few endpoints billing uses. Like Stripe, it keeps the answer to a
+request with an idempotency key and replays it for a repeat of that key,
+until told to forget (Stripe forgets after 24 hours). Scripted failures
+make it answer 4xx/5xx, optionally after carrying the request out (an
+answer lost on the way back).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from meterflow.stack import HOST, free_port
+
+Reply = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    form: dict[str, str]  # as encoded by the SDK: "metadata[meterflow_metric_code]" -> "api_calls"
+    idempotency_key: str | None
+    authorization: str | None
+    status: int  # what the stand-in answered
+
+
+@dataclass
+class _Failure:
+    method: str
+    path: re.Pattern[str]
+    remaining: int
+    status: int
+    error_type: str
+    message: str
+    commit: bool  # carry the request out, then answer the error anyway
+
+
+def _error(status: int, error_type: str, message: str) -> Reply:
+    return status, {"error": {"type": error_type, "message": message}}
+
+
+def _metadata(form: dict[str, str]) -> dict[str, str]:
+    return {m[1]: v for k, v in form.items() if (m := re.fullmatch(r"metadata\[(.+)\]", k))}
+
+
+class StripeStandIn:
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.objects: dict[str, dict[str, Any]] = {}
+        self._replies: dict[str, Reply] = {}
+        self._failures: list[_Failure] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((HOST, free_port()), _handler(self))
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "StripeStandIn":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fail(
+        self,
+        method: str,
+        path: str,
+        times: int = 1,
+        status: int = 500,
+        error_type: str = "api_error",
+        message: str = "stand-in failure",
+        commit: bool = False,
+    ) -> None:
+        """Answer the next `times` requests matching `method` and the `path` regex with an error."""
+        with self._lock:
+            self._failures.append(_Failure(method, re.compile(path), times, status, error_type, message, commit))
+
+    def forget_idempotency_keys(self) -> None:
+        """What Stripe does 24 hours after a key was first used."""
+        with self._lock:
+            self._replies.clear()
+
+    def items_of(self, invoice_id: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects.values() if o["object"] == "invoiceitem" and o["invoice"] == invoice_id]
+
+    def handle(self, method: str, url: str, form: dict[str, str], headers: dict[str, str]) -> Reply:
+        parts = urlsplit(url)
+        key = headers.get("idempotency-key")
+        with self._lock:
+            failure = next(
+                (f for f in self._failures if f.remaining > 0 and f.method == method and f.path.fullmatch(parts.path)),
+                None,
+            )
+            if failure is not None:
+                failure.remaining -= 1
+            if failure is not None and not failure.commit:
+                reply = _error(failure.status, failure.error_type, failure.message)
+            elif key is not None and key in self._replies:
+                reply = self._replies[key]
+            else:
+                reply = self._route(method, parts.path, dict(parse_qsl(parts.query)), form)
+                if key is not None and reply[0] < 500:
+                    self._replies[key] = reply
+            if failure is not None and failure.commit:
+                reply = _error(failure.status, failure.error_type, failure.message)
+            self.requests.append(
+                Recorded(
+                    method, parts.path, dict(parse_qsl(parts.query)), form, key,
+                    headers.get("authorization"), reply[0],
+                )
+            )  # fmt: skip
+            return reply
+
+    def _create(self, prefix: str, fields: dict[str, Any]) -> Reply:
+        obj = {"id": f"{prefix}_standin{next(self._ids)}", "livemode": False, "created": 1767225600, **fields}
+        self.objects[obj["id"]] = obj
+        return 200, obj
+
+    def _route(self, method: str, path: str, query: dict[str, str], form: dict[str, str]) -> Reply:
+        meta = _metadata(form)
+        if (method, path) == ("POST", "/v1/customers"):
+            return self._create("cus", {"object": "customer", "description": form.get("description"), "metadata": meta})
+        if (method, path) == ("POST", "/v1/invoices"):
+            fields = {k: form.get(k) for k in ("customer", "currency", "collection_method", "description")}
+            return self._create("in", {"object": "invoice", "status": "draft", "metadata": meta, **fields})
+        if (method, path) == ("POST", "/v1/invoiceitems"):
+            invoice = self.objects.get(form.get("invoice", ""))
+            if invoice is None or invoice["status"] != "draft":
+                return _error(400, "invalid_request_error", "invoice items can only be added to a draft invoice")
+            fields = {k: form.get(k) for k in ("customer", "invoice", "currency", "description")}
+            amount = int(form["amount"])
+            return self._create("ii", {"object": "invoiceitem", "amount": amount, "metadata": meta, **fields})
+        if (method, path) == ("GET", "/v1/invoiceitems"):
+            items = self.items_of(query.get("invoice", ""))
+            return 200, {"object": "list", "url": "/v1/invoiceitems", "has_more": False, "data": items}
+        match = re.fullmatch(r"/v1/invoices/([^/]+)(?:/(finalize|send))?", path)
+        invoice = self.objects.get(match[1]) if match else None
+        if invoice is None:
+            return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})")
+        action = (method, match[2])  # type: ignore[index]
+        if action == ("GET", None):
+            return 200, invoice
+        if action == ("POST", "finalize") and invoice["status"] == "draft":
+            invoice["status"] = "open"
+            invoice["amount_due"] = sum(item["amount"] for item in self.items_of(invoice["id"]))
+            return 200, invoice
+        if action == ("POST", "send") and invoice["status"] == "open":
+            invoice["sent"] = True  # not a Stripe field: lets tests see the invoice went out
+            return 200, invoice
+        return _error(400, "invalid_request_error", f"invoice {invoice['id']} is {invoice['status']}")
+
+
+def _handler(standin: StripeStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = dict(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, body = standin.handle(self.command, self.path, form, headers)
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.send_header("Request-Id", f"req_standin{len(standin.requests)}")
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *_: object) -> None:  # the tests assert on `requests` instead
+            pass
+
+    return Handler

@@ -1,0 +1,338 @@
+"""POST /v1/billing/run against the real services.
+
+The dry run goes through the session's API. The live path needs an API
+configured with a Stripe key, so a second real API process is started on
+the session's services, with STRIPE_API_BASE pointing at a local stand-in
+for Stripe's API (tests/integration/stripe_standin.py); the tests assert on
+the HTTP requests the official Stripe SDK really sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from typing import Iterator
+
+import httpx
+import pytest
+
+from meterflow.local import api_argv, http_ok
+from meterflow.stack import free_port
+from operators.billing import billing_key, customer_key
+from tests.integration.conftest import Customer, make_event, now_ms, stored_count, wait_for
+from tests.integration.stripe_standin import StripeStandIn
+
+HOUR = 3_600_000
+STRIPE_KEY = "sk_test_standin"
+CONFIGURED = "cus_configured"  # STRIPE_CUSTOMER_MAP's Stripe customer in the live API
+
+
+@pytest.fixture
+def ingest(api, clickhouse, settings):
+    def ingest(customer: Customer, events: list[dict]) -> None:
+        expected = stored_count(clickhouse, settings, customer.customer_id) + len(events)
+        for i in range(0, len(events), 1000):
+            response = api.post("/v1/events", json={"events": events[i : i + 1000]}, headers=customer.headers)
+            assert response.status_code == 200 and not response.json()["failed"], response.text
+        wait_for(
+            lambda: stored_count(clickhouse, settings, customer.customer_id) >= expected,
+            timeout_s=60,
+            what=f"{expected} stored events",
+        )
+
+    return ingest
+
+
+def period_around(t: int) -> dict[str, int]:
+    return {"start": t - HOUR, "end": t + HOUR}
+
+
+# -- dry run (the session API has no Stripe key) ---------------------------------
+
+
+def test_dry_run_plans_the_contract_operations(api, customer, ingest, redis):
+    t = now_ms() - HOUR
+    events = [make_event(customer.customer_id, timestamp=t, properties={}) for _ in range(14_998)]
+    events += [make_event(customer.customer_id, timestamp=t, properties={"bytes": b}) for b in (1000, 2500)]
+    events += [make_event(customer.customer_id, event_type="storage", timestamp=t, properties={"gb_stored": 100})]
+    ingest(customer, events)
+    body = {"customer_id": customer.customer_id, **period_around(t)}
+
+    response = api.post("/v1/billing/run", json=body, headers=customer.headers)
+    assert response.status_code == 200, response.text
+    run = response.json()
+    calculated = api.post("/v1/invoices/calculate", json=body, headers=customer.headers).json()
+    assert {**run["invoice"], "generated_at": None} == {**calculated, "generated_at": None}
+
+    stripe = run["stripe_operations"]
+    key = billing_key(customer.customer_id, body["start"], body["end"])
+    assert stripe["mode"] == "dry_run"
+    assert stripe["summary"] == {
+        "total_amount_cents": 2154, "currency": "usd", "line_items": 3, "idempotency_key": key,
+        "stripe_customer_id": None, "stripe_invoice_id": None, "status": "dry_run", "replayed": False,
+    }  # fmt: skip
+    ops = stripe["operations"]
+    assert [op["step"] for op in ops] == [1, 2, 3, 4, 5, 6]
+    assert [(op["name"], op["action"], op["idempotency_key"]) for op in ops] == [
+        ("invoice", "stripe.invoices.create", f"{key}:invoice"),
+        ("item:api_calls", "stripe.invoiceItems.create", f"{key}:item:api_calls"),
+        ("item:bandwidth", "stripe.invoiceItems.create", f"{key}:item:bandwidth"),
+        ("item:storage_peak", "stripe.invoiceItems.create", f"{key}:item:storage_peak"),
+        ("finalize", "stripe.invoices.finalizeInvoice", f"{key}:finalize"),
+        ("send", "stripe.invoices.sendInvoice", f"{key}:send"),
+    ]
+    assert [(op["payload"]["amount"], op["payload"]["currency"]) for op in ops[1:4]] == [
+        (1150, "usd"), (4, "usd"), (1000, "usd"),  # 15,000 calls -> 11.50; 3,500 bytes -> 0.04; 100 GB -> 10.00
+    ]  # fmt: skip
+    assert {op["payload"]["customer"] for op in ops[:4]} == {"{customer.id}"}  # not in Stripe yet
+    assert {op["payload"]["invoice"] for op in ops[1:]} == {"{invoice.id}"}
+    assert ops[0]["payload"]["metadata"]["meterflow_invoice_id"] == calculated["invoice_id"]
+    assert not redis.exists(f"billing:{key}")  # a dry run records nothing
+
+    # Same period again: same keys and amounts; a known Stripe customer shows in the payloads.
+    redis.hset("stripe:customers", customer.customer_id, "cus_known")
+    again = api.post("/v1/billing/run", json=body, headers=customer.headers).json()["stripe_operations"]
+    assert [op["idempotency_key"] for op in again["operations"]] == [op["idempotency_key"] for op in ops]
+    assert [op["payload"].get("amount") for op in again["operations"]] == [op["payload"].get("amount") for op in ops]
+    assert {op["payload"]["customer"] for op in again["operations"][:4]} == {"cus_known"}
+    assert again["summary"]["stripe_customer_id"] == "cus_known"
+
+
+def test_dry_run_without_usage_plans_nothing(api, customer):
+    body = {"customer_id": customer.customer_id, "start": 0, "end": now_ms()}
+    run = api.post("/v1/billing/run", json=body, headers=customer.headers).json()
+    assert run["invoice"]["lines"] == [] and run["invoice"]["subtotal"] == 0
+    assert run["stripe_operations"]["operations"] == []
+    summary = run["stripe_operations"]["summary"]
+    assert (summary["total_amount_cents"], summary["line_items"], summary["status"]) == (0, 0, "no_usage")
+    assert summary["idempotency_key"] == billing_key(customer.customer_id, 0, body["end"])
+
+
+def test_refusals(api, customer):
+    body = {"customer_id": customer.customer_id, "start": 0, "end": now_ms()}
+    missing = api.post("/v1/billing/run", json=body)
+    assert missing.status_code == 401 and missing.json()["error"]
+    assert api.post("/v1/billing/run", json=body, headers={"X-API-Key": "mf_nope"}).status_code == 401
+    other = api.post("/v1/billing/run", json={**body, "customer_id": "someone-else"}, headers=customer.headers)
+    assert other.status_code == 403 and other.json()["error"]
+    backwards = api.post("/v1/billing/run", json={**body, "start": 10, "end": 5}, headers=customer.headers)
+    assert backwards.status_code == 400 and "start" in backwards.json()["error"]
+    shapeless = api.post("/v1/billing/run", json={"customer_id": customer.customer_id}, headers=customer.headers)
+    assert shapeless.status_code == 422 and "start" in shapeless.json()["error"]
+
+
+# -- live (a second API process with a Stripe key, Stripe stood in for) -------------
+
+
+@dataclasses.dataclass
+class Live:
+    api: httpx.Client
+    stripe: StripeStandIn
+    mapped_customer_id: str  # in STRIPE_CUSTOMER_MAP, as CONFIGURED
+
+    def run(self, customer: Customer, period: dict[str, int]) -> tuple[httpx.Response, list]:
+        """Run billing; the response and the requests Stripe received meanwhile."""
+        mark = len(self.stripe.requests)
+        body = {"customer_id": customer.customer_id, **period}
+        response = self.api.post("/v1/billing/run", json=body, headers=customer.headers)
+        return response, self.stripe.requests[mark:]
+
+
+@pytest.fixture(scope="module")
+def live(stack, settings) -> Iterator[Live]:
+    mapped = f"cust-mapped-{uuid.uuid4().hex[:12]}"
+    live_settings = dataclasses.replace(
+        settings,
+        api_port=free_port(),
+        stripe_api_key=STRIPE_KEY,
+        stripe_max_network_retries=2,
+        stripe_customer_map=json.dumps({mapped: CONFIGURED}),
+    )
+    with StripeStandIn() as stand_in:
+        live_settings = dataclasses.replace(live_settings, stripe_api_base=stand_in.base_url)
+        url = f"http://{live_settings.api_host}:{live_settings.api_port}"
+        name = f"api-billing-{live_settings.api_port}"
+        stack.add_process(
+            name, api_argv(live_settings), env={**os.environ, **live_settings.as_env()},
+            health=http_ok(f"{url}/health"), port=live_settings.api_port,
+        )  # fmt: skip
+        stack.start_service(name)
+        try:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                yield Live(client, stand_in, mapped)
+        finally:
+            stack.stop_service(name)
+
+
+def usage_events(customer_id: str, t: int) -> list[dict]:
+    """2 calls (free tier: a 0-cent line), 200,000 bytes (200 cents), 12.345 GB peak (123 cents)."""
+    return [make_event(customer_id, timestamp=t, properties={"bytes": 100_000}) for _ in range(2)] + [
+        make_event(customer_id, event_type="storage", timestamp=t, properties={"gb_stored": 12.345})
+    ]
+
+
+def posts(requests: list) -> list[tuple[str, int]]:
+    return [(r.path, r.status) for r in requests if r.method == "POST"]
+
+
+def test_live_run_sends_the_plan_through_the_sdk_retries_a_500_and_never_bills_twice(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    period = period_around(t)
+    key = billing_key(customer.customer_id, period["start"], period["end"])
+    live.stripe.fail("POST", "/v1/invoiceitems")  # the first item's first attempt: a 500
+
+    response, sent = live.run(customer, period)
+    assert response.status_code == 200, response.text
+    run = response.json()
+    summary = run["stripe_operations"]["summary"]
+    cus, invoice_id = summary["stripe_customer_id"], summary["stripe_invoice_id"]
+    assert live.stripe.objects[cus]["metadata"] == {"meterflow_customer_id": customer.customer_id}
+    assert live.stripe.objects[invoice_id]["metadata"]["meterflow_idempotency_key"] == key
+    assert posts(sent) == [
+        ("/v1/customers", 200),
+        ("/v1/invoices", 200),
+        ("/v1/invoiceitems", 500),
+        ("/v1/invoiceitems", 200),  # the SDK's retry
+        ("/v1/invoiceitems", 200),
+        ("/v1/invoiceitems", 200),
+        (f"/v1/invoices/{invoice_id}/finalize", 200),
+        (f"/v1/invoices/{invoice_id}/send", 200),
+    ]
+    assert {r.authorization for r in sent} == {f"Bearer {STRIPE_KEY}"}
+    assert [r.idempotency_key for r in sent] == [
+        customer_key(customer.customer_id), f"{key}:invoice", f"{key}:item:api_calls", f"{key}:item:api_calls",
+        f"{key}:item:bandwidth", f"{key}:item:storage_peak", f"{key}:finalize", f"{key}:send",
+    ]  # fmt: skip
+    assert sent[2].form == sent[3].form  # the retry is the same request
+    assert sent[0].form["metadata[meterflow_customer_id]"] == customer.customer_id
+    create = sent[1].form
+    assert (create["customer"], create["currency"], create["collection_method"]) == (cus, "usd", "send_invoice")
+    assert (create["auto_advance"], create["metadata[meterflow_idempotency_key]"]) == ("false", key)
+    items = [r.form for r in sent[3:6]]
+    assert [(i["amount"], i["currency"], i["invoice"], i["customer"]) for i in items] == [
+        ("0", "usd", invoice_id, cus),
+        ("200", "usd", invoice_id, cus),
+        ("123", "usd", invoice_id, cus),
+    ]
+    assert items[0]["period[start]"] == str(period["start"] // 1000)
+    assert live.stripe.objects[invoice_id]["status"] == "open" and live.stripe.objects[invoice_id]["sent"]
+    assert len(live.stripe.items_of(invoice_id)) == 3  # the retried item exists once
+
+    assert run["stripe_operations"]["mode"] == "live"
+    assert summary == {
+        "total_amount_cents": 323, "currency": "usd", "line_items": 3, "idempotency_key": key,
+        "stripe_customer_id": cus, "stripe_invoice_id": invoice_id, "status": "sent",
+        "replayed": False,
+    }  # fmt: skip
+    assert [op["payload"].get("invoice") for op in run["stripe_operations"]["operations"]] == [None] + [invoice_id] * 5
+    assert run["invoice"]["subtotal"] == 3.23
+    record = redis.hgetall(f"billing:{key}")
+    assert (record[b"status"], record[b"stripe_invoice_id"]) == (b"sent", invoice_id.encode())
+    assert redis.hget("stripe:customers", customer.customer_id) == cus.encode()
+
+    # A re-run (also after Stripe forgot the keys, and with more usage since) sends nothing.
+    live.stripe.forget_idempotency_keys()
+    ingest(customer, usage_events(customer.customer_id, t) + usage_events(customer.customer_id, t))
+    again, sent_again = live.run(customer, period)
+    assert again.status_code == 200 and sent_again == []
+    replay = again.json()
+    assert replay["stripe_operations"]["summary"] == {**summary, "replayed": True}
+    assert replay["stripe_operations"]["operations"] == run["stripe_operations"]["operations"]
+    assert replay["invoice"] == run["invoice"]  # the invoice as billed, not as it would be now
+
+    # Another period of the same customer reuses the stored Stripe customer.
+    other, other_period = live.run(customer, {"start": period["start"], "end": period["end"] + 1})
+    assert other.status_code == 200, other.text
+    assert posts(other_period)[0] == ("/v1/invoices", 200)
+    assert other_period[0].form["customer"] == cus
+
+
+def test_an_interrupted_run_resumes_days_later_without_billing_twice(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    period = period_around(t)
+    key = billing_key(customer.customer_id, period["start"], period["end"])
+    # Stripe creates the first item but every answer is lost (3 attempts: 1 + 2 SDK retries).
+    live.stripe.fail("POST", "/v1/invoiceitems", times=3, commit=True)
+
+    failed, sent = live.run(customer, period)
+    assert failed.status_code == 503, failed.text
+    error = failed.json()["error"]
+    assert error.startswith("Stripe unavailable during stripe.invoiceItems.create (item:api_calls)") and "resume" in error
+    assert failed.headers["Retry-After"] == "5"
+    assert posts(sent)[-3:] == [("/v1/invoiceitems", 500)] * 3
+    invoice_id = redis.hget(f"billing:{key}", "stripe_invoice_id").decode()
+    assert len(live.stripe.items_of(invoice_id)) == 1  # billed at Stripe, not in the record
+    record = redis.hgetall(f"billing:{key}")
+    assert record[b"status"] == b"in_progress" and b"step:invoice" in record and b"step:item:api_calls" not in record
+
+    live.stripe.forget_idempotency_keys()  # days later
+    resumed, sent = live.run(customer, period)
+    assert resumed.status_code == 200, resumed.text
+    assert [(r.method, r.path) for r in sent] == [
+        ("GET", "/v1/invoiceitems"),  # what did Stripe carry out?
+        ("GET", f"/v1/invoices/{invoice_id}"),
+        ("POST", "/v1/invoiceitems"),
+        ("POST", "/v1/invoiceitems"),
+        ("POST", f"/v1/invoices/{invoice_id}/finalize"),
+        ("POST", f"/v1/invoices/{invoice_id}/send"),
+    ]
+    assert sent[0].query["invoice"] == invoice_id
+    new_items = [r.idempotency_key for r in sent if r.path == "/v1/invoiceitems" and r.method == "POST"]
+    assert new_items == [f"{key}:item:bandwidth", f"{key}:item:storage_peak"]
+    assert sorted(item["amount"] for item in live.stripe.items_of(invoice_id)) == [0, 123, 200]
+    assert live.stripe.objects[invoice_id]["amount_due"] == 323
+    summary = resumed.json()["stripe_operations"]["summary"]
+    assert (summary["status"], summary["stripe_invoice_id"], summary["replayed"]) == ("sent", invoice_id, False)
+
+
+def test_configured_customer_and_a_concurrent_run(live, api, ingest, redis):
+    response = api.post("/v1/admin/keys", json={"customer_id": live.mapped_customer_id, "name": "test"})
+    mapped = Customer(live.mapped_customer_id, response.json()["api_key"])
+    t = now_ms() - HOUR
+    ingest(mapped, usage_events(mapped.customer_id, t))
+    period = period_around(t)
+    lock = f"billing:{billing_key(mapped.customer_id, period['start'], period['end'])}:lock"
+
+    redis.set(lock, "another-run", px=60_000)
+    busy, sent = live.run(mapped, period)
+    assert busy.status_code == 409 and "in progress" in busy.json()["error"]
+    assert sent == []
+
+    redis.delete(lock)
+    done, sent = live.run(mapped, period)
+    assert done.status_code == 200, done.text
+    assert posts(sent)[0] == ("/v1/invoices", 200)  # no customer to create
+    assert {r.form["customer"] for r in sent if "customer" in r.form} == {CONFIGURED}
+    assert done.json()["stripe_operations"]["summary"]["stripe_customer_id"] == CONFIGURED
+    assert not redis.exists(lock)
+
+
+def test_a_stripe_refusal_is_502_and_bills_nothing(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    period = period_around(t)
+    key = billing_key(customer.customer_id, period["start"], period["end"])
+    live.stripe.fail(
+        "POST", "/v1/invoices", status=400, error_type="invalid_request_error", message="No such customer: 'cus_gone'"
+    )
+
+    refused, sent = live.run(customer, period)
+    assert refused.status_code == 502
+    assert refused.json()["error"] == "Stripe refused stripe.invoices.create (invoice): No such customer: 'cus_gone'"
+    assert posts(sent)[-1] == ("/v1/invoices", 400)  # a 4xx is not retried
+    assert not redis.exists(f"billing:{key}")  # nothing billed: the next run plans afresh
+
+    again, sent = live.run(customer, period)
+    assert again.status_code == 200 and again.json()["stripe_operations"]["summary"]["status"] == "sent"
+
+
+def test_live_run_without_usage_calls_stripe_not_at_all(live, customer):
+    response, sent = live.run(customer, {"start": 0, "end": now_ms()})
+    assert response.status_code == 200, response.text
+    stripe = response.json()["stripe_operations"]
+    assert (stripe["mode"], stripe["operations"], stripe["summary"]["status"]) == ("live", [], "no_usage")
+    assert sent == []
