@@ -78,7 +78,10 @@ def ingest_events(clients: Clients, raw_events: list[Any], customer_id: str) -> 
     if not fresh:
         return result
 
-    ingest_ids = [uuid.uuid4().hex for _ in fresh]
+    # Unique per copy: one random prefix per request (a uuid4 per event was
+    # a measurable share of the request's time) plus the event's position.
+    prefix = uuid.uuid4().hex
+    ingest_ids = [f"{prefix}-{i}" for i in range(len(fresh))]
     producer = clients.producer
     outcomes = produce_confirmed(
         producer,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +46,36 @@ def machine() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+class Profiler:
+    """py-spy (pip install py-spy) sampling a running process into collapsed
+    stacks at `out` (one line per stack and sample count, for flame graph
+    tools or a quick sort)."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self._process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "200",
+             "--nonblocking", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self._process.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        self._process.wait(60)
+
+
+def hot_frames(collapsed: Path, top: int = 25) -> list[tuple[float, str]]:
+    """(share of samples, frame) for the frames most often on the stack."""
+    totals: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples += int(count)
+        for frame in set(stack.split(";")):
+            totals[frame] = totals.get(frame, 0) + int(count)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    return [(round(100 * n / samples, 1), frame) for frame, n in ranked[:top]] if samples else []
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -15,8 +15,6 @@ snapshots) and time it until every event is a row in ClickHouse.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from baseline_copy import copy  # noqa: I001 - benchmarks run as scripts
-from common import fill_topic, private_system, report
+from common import Profiler, fill_topic, hot_frames, private_system, report
 from meterflow.clients import clickhouse_client
 from meterflow.settings import Settings
 
@@ -34,21 +32,11 @@ def stored(ch, settings: Settings) -> int:
     return ch.query(f"SELECT count() FROM `{settings.clickhouse_database}`.events").result_rows[0][0]  # sql-ok
 
 
-def profile(pid: int, out: Path) -> subprocess.Popen:
-    """Sample the running dataflow with py-spy (pip install py-spy) into
-    collapsed stacks (`out`.txt, for flamegraph tools) and an SVG flame graph."""
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
-         "--format", "raw", "--output", str(out.with_suffix(".txt"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | None = None) -> dict[str, Any]:
     ch = clickhouse_client(settings)
     started = time.monotonic()
     stack.start_service("dataflow")
-    profiler = profile(stack.status()["dataflow"].pid, profile_to) if profile_to else None
+    profiler = Profiler(stack.status()["dataflow"].pid, profile_to) if profile_to else None
     first_at = None
     count = 0
     with tqdm(total=expected, desc=f"dataflow -w {settings.flow_workers}", unit="ev", unit_scale=True,
@@ -62,8 +50,9 @@ def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | No
             count = now
     done = time.monotonic()
     if profiler is not None:
-        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
-        profiler.wait(60)
+        profiler.stop()
+        for share, frame in hot_frames(profile_to):
+            print(f"{share:5.1f}%  {frame}", file=sys.stderr)
     steady = done - first_at if first_at and done > first_at else done - started
     return {
         "pipeline": f"dataflow w={settings.flow_workers}",
@@ -78,14 +67,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--profile", type=Path, help="write py-spy samples of the dataflow to PATH-w<N>.txt")
+    parser.add_argument("--profile", type=Path, help="py-spy samples of the dataflow to PATH-w<N>.txt; prints the hottest frames")
     args = parser.parse_args()
     rows = []
     for workers in args.workers:
         with private_system(start=[], flow_workers=workers) as (stack, settings):
             fill_topic(settings, args.events)
             baseline = copy(settings, args.events)
-            profile_to = args.profile.with_name(f"{args.profile.stem}-w{workers}") if args.profile else None
+            profile_to = args.profile.with_name(f"{args.profile.stem}-w{workers}.txt") if args.profile else None
             flow = run_dataflow(stack, settings, args.events, profile_to)
             flow["ratio_to_baseline"] = round(flow["events_per_s"] / baseline["events_per_s"], 2)
             rows += [baseline, flow]

@@ -21,7 +21,7 @@ def api_argv(settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
         "--host", settings.api_host, "--port", str(settings.api_port),
-        "--no-access-log",
+        "--no-access-log", "--workers", str(settings.api_workers),
     ]  # fmt: skip
 
 

@@ -48,6 +48,7 @@ class Settings:
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 3000
+    api_workers: int = 1  # uvicorn worker processes
     admin_token: str = ""
     rate_limit_requests: int = 100
     rate_limit_window_s: int = 60
