@@ -1,101 +1,114 @@
-"""Freshness at low load: time from the API's 200 to the event being in ClickHouse.
+"""Freshness under load: time from the API's 200 to the event counting in /v1/usage.
 
-    .venv/bin/python benchmarks/freshness.py [--requests 200] [--rate 10]
+    .venv/bin/python benchmarks/freshness.py [--load 10000] [--probes 200] [--probe-rate 5]
 
-Starts a private local system (the same Stack as `meterflow up`, on free
-ports in a temporary directory), creates a key, then posts one event per
-request at `--rate` requests/s. After each 200 it polls ClickHouse
-(`SELECT count() ... FINAL WHERE transaction_id = ...`, every 10 ms) until
-the row is there. Prints the machine, the configuration, p50/p90/p99/max and
-one JSON line. The throughput benchmarks of the pipeline live in the
-throughput issue; this one checks the "queryable within about a second"
-promise.
+A private system (services, dataflow, API) with the rate limit lifted.
+A background client offers `--load` events/s through POST /v1/events
+(batches of 1000 from 4 customers, paced per second; if the API cannot
+keep up the achieved rate is reported). Meanwhile a probe customer posts
+one event at a time (`--probe-rate` per second); after each 200 the probe
+polls GET /v1/usage (api_calls, COUNT) every 10 ms until its count includes
+the event. Prints p50/p90/p99/max of that delay and the load achieved.
+`--load 0` measures an idle system.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
-import tempfile
+import threading
 import time
-import uuid
-from pathlib import Path
 
 import httpx
+import orjson
+from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import make_event, percentile, private_system, report  # noqa: I001 - benchmarks run as scripts
 
-from meterflow.clients import clickhouse_client  # noqa: E402
-from meterflow.local import local_stack  # noqa: E402
-from meterflow.settings import Settings  # noqa: E402
-from meterflow.stack import StackConfig, free_port  # noqa: E402
+BATCH = 1000
+LOAD_CUSTOMERS = 4
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+def offer_load(base: str, keys: list[str], rate: int, stop: threading.Event, sent: list[int]) -> None:
+    """Post `rate` events/s in batches of BATCH until `stop`; counts what was accepted."""
+    if rate <= 0:
+        return
+    per_second = max(1, rate // BATCH)
+    with httpx.Client(base_url=base, timeout=60) as http:
+        i = 0
+        while not stop.is_set():
+            second = time.monotonic()
+            for _ in range(per_second):
+                customer = i % LOAD_CUSTOMERS
+                now = int(time.time() * 1000)
+                body = orjson.dumps({"events": [make_event(f"load-{customer}", now, n) for n in range(BATCH)]})
+                response = http.post("/v1/events", content=body,
+                                     headers={"X-API-Key": keys[customer], "Content-Type": "application/json"})  # fmt: skip
+                if response.status_code == 200:
+                    sent[0] += response.json()["accepted"]
+                i += 1
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - second)))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=10.0, help="requests per second")
+    parser.add_argument("--load", type=int, default=10_000, help="offered events/s besides the probes")
+    parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--probe-rate", type=float, default=5.0, help="probe events per second")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="mf-fresh-") as tmp:
-        config = StackConfig.ephemeral(Path(tmp))
-        settings = config.settings(Settings(api_port=free_port(), data_dir=config.data_dir, log_level="WARNING"))
-        stack = local_stack(config, settings)
-        stack.start()
+    with private_system(rate_limit_requests=10**9) as (_, settings):
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        api = httpx.Client(base_url=base, timeout=30)
+
+        def key_for(customer: str) -> str:
+            return api.post("/v1/admin/keys", json={"customer_id": customer, "name": "fresh"}).json()["api_key"]
+
+        probe_headers = {"X-API-Key": key_for("probe")}
+        load_keys = [key_for(f"load-{c}") for c in range(LOAD_CUSTOMERS)]
+        stop = threading.Event()
+        sent = [0]
+        loader = threading.Thread(target=offer_load, args=(base, load_keys, args.load, stop, sent))
+        window_start = int(time.time() * 1000) - 60_000
+        loader.start()
+        load_started = time.monotonic()
+        time.sleep(3)  # let the load reach a steady state first
+
+        delays: list[float] = []
+        interval = 1.0 / args.probe_rate
         try:
-            ch = clickhouse_client(settings)
-            api = httpx.Client(base_url=f"http://{settings.api_host}:{settings.api_port}", timeout=30)
-            key = api.post("/v1/admin/keys", json={"customer_id": "bench", "name": "fresh"}).json()["api_key"]
-            delays: list[float] = []
-            interval = 1.0 / args.rate
-            for i in range(args.requests):
+            for i in tqdm(range(args.probes), desc="probes", file=sys.stderr):
                 started = time.monotonic()
-                tid = f"fresh-{uuid.uuid4().hex}"
-                event = {"transaction_id": tid, "customer_id": "bench", "event_type": "api_request",
-                         "timestamp": int(time.time() * 1000), "properties": {"bytes": 1}}  # fmt: skip
-                response = api.post("/v1/events", json={"events": [event]}, headers={"X-API-Key": key})
+                event = make_event("probe", int(time.time() * 1000), i)
+                response = api.post("/v1/events", json={"events": [event]}, headers=probe_headers)
                 assert response.status_code == 200 and response.json()["accepted"] == 1, response.text
                 answered = time.monotonic()
-                while not ch.query(
-                    "SELECT count() FROM meterflow.events FINAL WHERE customer_id = 'bench' "
-                    "AND transaction_id = {t:String}",
-                    parameters={"t": tid},
-                ).result_rows[0][0]:
+                while True:
+                    usage = api.get("/v1/usage", headers=probe_headers, params={
+                        "customer_id": "probe", "metric": "api_calls",
+                        "start": window_start, "end": int(time.time() * 1000) + 60_000,
+                    })  # fmt: skip
+                    if usage.status_code == 200 and usage.json()["value"] >= i + 1:
+                        break
                     time.sleep(0.01)
-                delays.append(time.monotonic() - answered)
-                print(f"\r{i + 1}/{args.requests} events", end="", file=sys.stderr, flush=True)
+                delays.append((time.monotonic() - answered) * 1000)
                 time.sleep(max(0.0, interval - (time.monotonic() - started)))
-            print(file=sys.stderr)
         finally:
-            stack.stop()
+            stop.set()
+            loader.join()
+        achieved = round(sent[0] / (time.monotonic() - load_started))
 
-    ms = [d * 1000 for d in delays]
-    result = {
-        "benchmark": "freshness",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
-        "python": platform.python_version(),
-        "requests": args.requests,
-        "rate_per_s": args.rate,
-        "ms": {
-            "p50": round(statistics.median(ms), 1),
-            "p90": round(percentile(ms, 0.90), 1),
-            "p99": round(percentile(ms, 0.99), 1),
-            "max": round(max(ms), 1),
-        },
+    row = {
+        "offered_per_s": args.load,
+        "achieved_per_s": achieved,
+        "probes": len(delays),
+        "p50_ms": round(statistics.median(delays), 1),
+        "p90_ms": round(percentile(delays, 0.90), 1),
+        "p99_ms": round(percentile(delays, 0.99), 1),
+        "max_ms": round(max(delays), 1),
     }
-    print(f"freshness (API 200 -> row in ClickHouse), {args.requests} single-event requests at {args.rate}/s")
-    print(f"machine: {result['machine']}, Python {result['python']}")
-    print("  p50 {p50} ms   p90 {p90} ms   p99 {p99} ms   max {max} ms".format(**result["ms"]))
-    print(json.dumps(result))
+    report("freshness", {"probe_rate_per_s": args.probe_rate, "batch": BATCH}, list(row), [row])
     return 0
 
 
