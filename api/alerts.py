@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client as ClickHouseClient
 
-from api.usage import _query
+from api.usage import run_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ def list_alerts(client: ClickHouseClient, database: str, wanted: AlertFilter) ->
     parameters = {"customer": wanted.customer_id, "since": wanted.since_ms, "limit": wanted.limit}
     if wanted.kind is not None:
         parameters["kind"] = wanted.kind
-    rows = _query(client, sql, parameters)
+    rows = run_query(client, sql, parameters)
     return [
         {
             "alert_id": alert_id,

@@ -13,9 +13,11 @@ from typing import AsyncIterator
 import structlog
 from fastapi import FastAPI, Request
 
+from api.dashboard import mount_dashboard
 from api.deps import Clients
 from api.errors import install_error_handlers
-from api.routers import admin, alerts, catalog, events, health, invoices, usage
+from api.routers import admin, alerts, billing, catalog, events, health, invoices, usage
+from api.routers import dashboard, fraud
 from meterflow.clients import kafka_admin
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
@@ -56,5 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(usage.router)
     app.include_router(invoices.router)
+    app.include_router(billing.router)
     app.include_router(alerts.router)
+    app.include_router(fraud.router)
+    app.include_router(dashboard.router)
+    mount_dashboard(app)
     return app

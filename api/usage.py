@@ -46,7 +46,9 @@ def to_decimal(value: Any) -> Decimal:
     return Decimal(str(value))
 
 
-def _query(client: ClickHouseClient, sql: str, parameters: dict[str, Any]) -> list[tuple]:
+def run_query(client: ClickHouseClient, sql: str, parameters: dict[str, Any]) -> list[tuple]:
+    """Rows of a parameterised query; a ClickHouse that cannot answer is a 503
+    (usage, alerts and detection all read through here)."""
     try:
         return client.query(sql, parameters=parameters).result_rows
     except ClickHouseError as exc:
@@ -87,11 +89,11 @@ def query_usage(
     aggregate = AGGREGATES[metric.aggregation]
     table = f"`{database}`.events FINAL"
     condition = " AND ".join(where)
-    total = _query(client, f"SELECT {aggregate} FROM {table} WHERE {condition}", parameters)  # sql-ok
+    total = run_query(client, f"SELECT {aggregate} FROM {table} WHERE {condition}", parameters)  # sql-ok
     value = to_decimal(total[0][0]) if total else Decimal(0)
     if group_by is None:
         return Usage(value)
-    rows = _query(
+    rows = run_query(
         client,
         f"SELECT properties[{{group:String}}] AS g, {aggregate} FROM {table} "  # sql-ok
         f"WHERE {condition} GROUP BY g ORDER BY g",
