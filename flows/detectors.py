@@ -10,8 +10,9 @@ Time is event time, in UTC days of 24 hourly buckets:
 
 - An hour *closes* when an event newer than its end plus `lateness_ms`
   arrives (bounded lateness, per key). A closed hour's value is checked
-  against the history of the same hour of day (Z-score, `usage_spike`) and
-  then added to it. Events for an hour that has closed still count for the
+  against the history of the same hour of day (Z-score, `usage_spike`, only
+  upwards, with the spread at least the square root of the mean as for
+  Poisson counts) and then added to it. Events for an hour that has closed still count for the
   day's pattern, not for that hour's Z-score.
 - A day closes when an event of a later day arrives: its total is checked
   against past daily totals (`daily_anomaly`), then the day is learned into
@@ -33,6 +34,7 @@ so one finding fires once per window however often it is re-detected.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -62,11 +64,11 @@ class DetectorConfig:
     threshold: float = 3.0  # Z-score of a critical spike
     lateness_ms: int = 5 * 60_000  # how long an hour waits for late events
     check_interval_ms: int = 5 * 60_000  # cadence of in-progress checks (event time)
-    min_hour_samples: int = 5  # past values of an hour of day before its Z-score counts
+    min_hour_samples: int = 7  # past values of an hour of day before its Z-score counts
     min_day_samples: int = 7  # past daily totals before a daily Z-score counts
     min_baseline_days: int = 2  # days behind a weekday baseline before it is trusted
     min_evidence: float = 20.0  # units seen today before a pattern check counts...
-    min_evidence_share: float = 0.1  # ...or this share of the baseline's daily volume, if larger
+    min_evidence_share: float = 0.25  # ...or this share of the baseline's daily volume, if larger
     max_idle_days: int = 30  # empty days counted as zeros between two active days
 
 
@@ -169,9 +171,13 @@ class UsageDetector:
         stats = self.hour_stats[hour]
         if stats.count < self.config.min_hour_samples:
             return []
-        z = zscore(value, stats.mean, stats.stddev)
-        if in_progress and z <= 0:
-            return []  # a partial hour below usual says nothing yet
+        # Counts of a steady hour still vary by about their square root
+        # (Poisson); a history that happened to be steadier than that must
+        # not turn ordinary noise into spikes.
+        spread = max(stats.stddev, math.sqrt(max(stats.mean, 0.0)))
+        z = zscore(value, stats.mean, spread)
+        if z <= 0:
+            return []  # a quiet hour is not a spike (a quiet day is a daily_anomaly)
         level = severity(z, self.config.threshold)
         if level == "normal":
             return []
@@ -179,7 +185,8 @@ class UsageDetector:
         start = self.day * DAY_MS + hour * HOUR_MS
         return self._fire(
             "usage_spike", level, z, start, start + HOUR_MS, now_ms,
-            {"value": value, "mean": stats.mean, "stddev": stats.stddev, "hour": hour, "partial": in_progress},
+            {"value": value, "mean": stats.mean, "stddev": stats.stddev, "spread": spread, "hour": hour,
+             "partial": in_progress},
         )  # fmt: skip
 
     def _check_in_progress(self, now_ms: int) -> list[Alert]:
