@@ -22,6 +22,7 @@ class OutgoingMessage:
     value: bytes
     key: bytes | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp_ms: int = 0  # the message's CreateTime; 0 = now
 
 
 def produce_confirmed(
@@ -50,6 +51,7 @@ def produce_confirmed(
                     value=message.value,
                     key=message.key,
                     headers=message.headers or None,
+                    timestamp=message.timestamp_ms,
                     on_delivery=on_delivery_for(index),
                 )
                 break
