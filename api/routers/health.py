@@ -15,8 +15,14 @@ router = APIRouter(tags=["health"])
 DependencyState = Literal["ok", "down"]
 
 
+# Ingest needs these; without ClickHouse the API still ingests (queries
+# answer 503), so ClickHouse makes the API degraded but not unready.
+INGEST_DEPENDENCIES = ("redis", "kafka")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
+    ready: bool  # ingest works: every dependency of POST /v1/events answers
     dependencies: dict[str, DependencyState]
 
 
@@ -32,8 +38,13 @@ def _check(clients: ClientsDep) -> HealthResponse:
         deps["kafka"] = "ok"
     except Exception:  # noqa: BLE001
         deps["kafka"] = "down"
+    try:
+        deps["clickhouse"] = "ok" if clients.clickhouse.ping() else "down"
+    except Exception:  # noqa: BLE001
+        deps["clickhouse"] = "down"
     status = "ok" if all(v == "ok" for v in deps.values()) else "degraded"
-    return HealthResponse(status=status, dependencies=deps)
+    ready = all(deps[name] == "ok" for name in INGEST_DEPENDENCIES)
+    return HealthResponse(status=status, ready=ready, dependencies=deps)
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -44,6 +55,7 @@ def health(clients: ClientsDep) -> HealthResponse:
 
 @router.get("/health/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 def ready(clients: ClientsDep) -> JSONResponse:
-    """503 until every dependency answers (for orchestrators)."""
+    """503 while ingest cannot work (Redis or the broker down), for orchestrators;
+    a ClickHouse outage only makes the API degraded (queries 503, ingest goes on)."""
     report = _check(clients)
-    return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+    return JSONResponse(report.model_dump(), status_code=200 if report.ready else 503)

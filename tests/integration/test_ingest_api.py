@@ -10,7 +10,9 @@ from tests.integration.conftest import make_event, now_ms
 def test_health_reports_dependencies(api):
     response = api.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "dependencies": {"redis": "ok", "kafka": "ok"}}
+    assert response.json() == {
+        "status": "ok", "ready": True, "dependencies": {"redis": "ok", "kafka": "ok", "clickhouse": "ok"},
+    }
     assert api.get("/health/ready").status_code == 200
 
 
