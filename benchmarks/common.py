@@ -4,6 +4,7 @@ for people, one JSON line for tooling)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -87,10 +88,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 def private_system(start: Sequence[str] | None = None, **overrides: Any) -> Iterator[tuple[Stack, Settings]]:
     """The whole local system on free ports in a temporary directory, stopped
     afterwards. `start`: only these processes (core services always start);
-    `overrides`: Settings fields (e.g. rate_limit_requests)."""
+    `overrides`: Settings fields (e.g. rate_limit_requests), on top of the
+    environment (e.g. FLOW_BATCH_SIZE=5000), whose service addresses are
+    replaced by the private ones."""
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
         config = StackConfig.ephemeral(Path(tmp))
-        base = Settings(api_port=free_port(), data_dir=config.data_dir, log_level="WARNING", **overrides)
+        fields = {"log_level": "WARNING", **overrides, "api_port": free_port(), "data_dir": config.data_dir}
+        base = dataclasses.replace(Settings.from_env(), **fields)
         settings = config.settings(base)
         stack = local_stack(config, settings)
         try:
