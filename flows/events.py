@@ -22,6 +22,7 @@ import structlog
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
+from flows import metrics
 from flows.alert_sink import AlertSink
 from flows.clickhouse_sink import ClickHouseEventSink
 from flows.detectors import Observation, UsageDetector, combine_of, hourly_observations
@@ -51,7 +52,9 @@ def decode_batch(batch: list[RawItem]) -> list[IngestedEvent | DeadLetter]:
             # A consumer-side error (broker unreachable, ...), not a message:
             # librdkafka keeps retrying and the offset does not move.
             log.warning("kafka_consumer_error", error=str(msg.err))
+            metrics.CONSUMER_ERRORS.inc()
             continue
+        metrics.record_read(msg.topic, msg.partition, msg.offset)
         try:
             event = decode_event(msg.value, now_ms=produced_at_ms(msg))
         except InvalidEvent as exc:
@@ -67,6 +70,7 @@ def decode_batch(batch: list[RawItem]) -> list[IngestedEvent | DeadLetter]:
             )
             continue
         out.append(IngestedEvent(event=event, ingest_id=ingest_id_of(msg)))
+    metrics.count_decoded(out)
     return out
 
 
@@ -83,14 +87,16 @@ class Deduplicator:
 
     def __call__(self, batch: list[IngestedEvent]) -> list[IngestedEvent]:
         pairs = [(item.event.transaction_id, item.ingest_id) for item in batch]
-        claims = retry_forever(
-            lambda: dedup.claim_many(self._redis, pairs, self._settings.dedup_ttl_s),
-            what="redis_dedup",
-            max_backoff_s=self._settings.sink_retry_max_backoff_s,
-        )
+        with metrics.DEDUP_SECONDS.time():
+            claims = retry_forever(
+                lambda: dedup.claim_many(self._redis, pairs, self._settings.dedup_ttl_s),
+                what="redis_dedup",
+                max_backoff_s=self._settings.sink_retry_max_backoff_s,
+            )
         kept = [item for item, claim in zip(batch, claims) if claim.counts]
         if len(kept) < len(batch):
             log.info("duplicates_dropped", count=len(batch) - len(kept))
+            metrics.DUPLICATES_DROPPED.inc(len(batch) - len(kept))
         return kept
 
 
@@ -121,7 +127,7 @@ class Detect:
     def __call__(self, detector: UsageDetector | None, obs: Observation) -> tuple[UsageDetector, list[Alert]]:
         if detector is None:
             detector = self._new_detector(obs)
-        return detector, detector.observe(obs.timestamp, obs.value, now_ms=int(time.time() * 1000))
+        return detector, detector.observe(obs.timestamp, obs.value, int(time.time() * 1000), obs.events)
 
 
 def events_source(settings: Settings) -> KafkaSource:
@@ -148,6 +154,7 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     configure_logging(settings.log_level, settings.log_json)
     # Wait for the services rather than crash-loop while they start.
     retry_forever(lambda: ensure_all(settings), what="prepare_storage")
+    metrics.serve(settings)
 
     flow = Dataflow("meterflow_events")
     raw = op.input("kafka_in", flow, events_source(settings))

@@ -108,9 +108,28 @@ def test_a_batch_folds_into_one_observation_per_customer_metric_and_hour():
     ]
     observations = hourly_observations(events)
     assert observations == [
-        Observation("acme", "storage_peak", base + HOUR_MS + 20, 9.0),  # MAX takes the peak
-        Observation("zeta", "api_calls", base + HOUR_MS, 1.0),  # no bytes: counted, no bandwidth
-        Observation("acme", "api_calls", base + 2 * HOUR_MS + 30, 2.0),
-        Observation("acme", "bandwidth", base + 2 * HOUR_MS + 30, 11.0),
+        Observation("acme", "storage_peak", base + HOUR_MS + 20, 9.0, 2),  # MAX takes the peak
+        Observation("zeta", "api_calls", base + HOUR_MS, 1.0, 1),  # no bytes: counted, no bandwidth
+        Observation("acme", "api_calls", base + 2 * HOUR_MS + 30, 2.0, 2),
+        Observation("acme", "bandwidth", base + 2 * HOUR_MS + 30, 11.0, 2),
     ]
     assert observations[0].key == "acme/storage_peak"
+
+
+def test_a_noisy_ordinary_day_is_not_fraud_but_a_moved_one_is():
+    """Ten calls an hour with Poisson noise: the day's cosine similarity to
+    its baseline can dip below 0.9 by chance, which must not page anyone;
+    the same volume moved to the night must."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    detector = UsageDetector("acme", "api_calls")
+    false_alarms = []
+    for d in range(60):
+        for hour in range(9, 17):
+            for _ in range(rng.poisson(10)):
+                ts = (START_DAY + d) * DAY_MS + hour * HOUR_MS + int(rng.integers(HOUR_MS))
+                false_alarms += [a for a in detector.observe(ts, 1.0, ts) if a.kind == "fraud_pattern"]
+    assert false_alarms == []
+    night = feed(detector, START_DAY + 60, range(0, 8))
+    assert [a.evidence["pattern"] for a in night if a.kind == "fraud_pattern"] == ["pattern_shift"]
