@@ -4,6 +4,8 @@
     meterflow down [NAME ...]    stop everything this checkout started, or only NAMEs
     meterflow status [NAME ...]  one line per process
     meterflow init               create topics, tables and the bucket (any environment)
+    meterflow simulate history|fraud|spike [options]
+                                 send simulated traffic (docs/simulation.md; --help per kind)
 
 NAMEs: redis, kafka, clickhouse, s3, dataflow, api. Exit status is 0 when
 what was asked for is healthy (up, status) or stopped (down).
@@ -15,6 +17,7 @@ import argparse
 import sys
 import time
 
+from meterflow import sender, simulate
 from meterflow.local import local_stack
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
@@ -23,6 +26,9 @@ from meterflow.storage import ensure_all
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        return simulate_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="meterflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -75,6 +81,62 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         return 0 if not any(statuses[name].running for name in shown) else 1
     return 0 if all(statuses[name].healthy for name in shown) else 1
+
+
+def simulate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterflow simulate", description="Send simulated traffic (see docs/simulation.md)."
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--customers", type=int, default=10, help="population sim-0001 ... (default 10)")
+    common.add_argument("--events-per-day", type=float, default=200.0, help="median weekday volume")
+    common.add_argument("--event-type", default="api_request", choices=["api_request", "storage", "compute"])
+    common.add_argument("--seed", type=int, default=42, help="same seed, same traffic and transaction ids")
+    common.add_argument("--prefix", default="sim", help="customer ids are PREFIX-0001 ...")
+    common.add_argument("--via", choices=["api", "kafka"], default="api", help="/v1/events or events.raw")
+    common.add_argument("--api-url", help="default: http://API_HOST:API_PORT")
+    common.add_argument(
+        "--batch-size", type=int, default=sender.MAX_BATCH, help="per request (at most 1000) or produce"
+    )
+    history = kinds.add_parser("history", parents=[common], help="office-hours traffic of the last DAYS days")
+    history.add_argument("--days", type=int, default=30, help="up to today; fills D-28 .. D-2 at most")
+    targeted = argparse.ArgumentParser(add_help=False, parents=[common])
+    targeted.add_argument("--targets", type=int, nargs="+", default=[1], help="customer numbers (default 1)")
+    kinds.add_parser("fraud", parents=[targeted], help="a stolen key: a day's volume at night")
+    spike = kinds.add_parser("spike", parents=[targeted], help="a runaway integration in the last full hour")
+    spike.add_argument("--factor", type=float, default=20.0, help="times the usual busy-hour volume")
+    return parser
+
+
+def simulate_main(argv: list[str]) -> int:
+    parser = simulate_parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, json=False)
+    profiles = simulate.make_profiles(args.customers, args.seed, args.events_per_day, args.prefix)
+    if args.kind != "history":
+        if not all(1 <= n <= args.customers for n in args.targets):
+            parser.error(f"--targets are customer numbers from 1 to {args.customers}")
+        profiles = [profiles[n - 1] for n in args.targets]
+    try:
+        traffic = simulate.scenario(
+            args.kind, profiles, int(time.time() * 1000), args.seed, args.event_type,
+            days=getattr(args, "days", 0), factor=getattr(args, "factor", 0.0),
+        )  # fmt: skip
+    except ValueError as exc:
+        parser.error(str(exc))
+    for incident in traffic.incidents:
+        print(f"incident: {incident.describe()}")
+    try:
+        report = sender.send(traffic, args.via, settings, args.api_url, args.batch_size, args.kind)
+    except sender.SendError as exc:
+        print(f"meterflow simulate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.kind}: {len(traffic.counts())} customers, {report.summary()}")
+    for transaction_id, reason in report.failures:
+        print(f"  refused {transaction_id}: {reason}")
+    return 0 if report.failed == 0 else 1
 
 
 if __name__ == "__main__":

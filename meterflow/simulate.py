@@ -1,0 +1,501 @@
+"""Simulated usage traffic with labelled incidents, generated with numpy.
+
+Used by `meterflow simulate` (to fill a stack with believable history and
+then stage an incident) and by `benchmarks/detection.py` (a labelled month
+to score the detectors against). Generation is pure: every function takes
+"now" (or today's date) and a seed, and the same inputs give the same
+events, transaction ids included, so re-sending a simulation is reported as
+duplicates instead of counting twice.
+
+The traffic (see docs/simulation.md):
+
+- Each customer (`sim-0001`, ...) has a UTC offset and a usual daily volume
+  (log-normal around `events_per_day`). Its events fall in office hours,
+  09:00-17:00 in its own time zone, weekends at `weekend_factor` of a
+  weekday, each day's volume varies a little (`day_noise`) and each hour's
+  count is Poisson. An optional `background_share` of the day spreads over
+  the other 16 hours.
+- **Fraud** (a stolen key used from the other side of the world): on day
+  `d`, the customer's usual day of traffic happens in the 8 hours from
+  21:00 on `d - 1` to 05:00 on `d`, local time (the attacker's office
+  hours, 12 hours away), instead of in office hours. Same volume, other
+  shape: the contract's definition of fraud.
+- **Spike** (a runaway integration): `factor` times the customer's usual
+  busy-hour volume inside one clock hour, on top of the usual traffic.
+
+Days are calendar days in each customer's own time zone. Every timestamp
+must pass the contract's validation when it is sent (at most 30 days old,
+not in the future), whatever the offset and time of day, so history covers
+the local days D-28 .. D-2 at most (D = today, UTC): with offsets between
+UTC-8 and UTC+10 its oldest event is at most 29.5 days old and its newest
+in the past, at any time of day. Yesterday's night is left for a fraud, the
+last hour for a spike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from operators.metrics import DEFAULT_CATALOG
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+HOURS = 24
+EPOCH = date(1970, 1, 1)
+
+#: Offsets customers are drawn from (whole hours). Bounded so that every
+#: local day of `history_days` is inside the 30-day validity window.
+UTC_OFFSETS_H = tuple(range(-8, 11))
+#: History starts at most this many days before today (see the module doc).
+OLDEST_DAY = 28
+#: The last local day of history: yesterday stays free for a fraud night.
+NEWEST_DAY = 2
+#: The attacker works office hours this many hours away from the customer.
+ATTACKER_SHIFT_H = 12
+#: How far into the month an incident may fall: each weekday has been seen
+#: twice before (the detectors' weekday baselines need that) ...
+FIRST_INCIDENT_DAY = 15
+#: ... and at least this many days of ordinary traffic follow, so the day
+#: of the incident closes inside the month.
+DAYS_AFTER_INCIDENT = 2
+
+#: Typical value of each numeric event property of the metrics catalog.
+PROPERTY_MEDIANS = {"bytes": 2048.0, "cpu_ms": 50.0, "gb_stored": 10.0}
+
+IncidentKind = Literal["fraud", "spike"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficShape:
+    """How a customer's day looks; the defaults are plain office traffic."""
+
+    business_start_h: int = 9  # local time, inclusive
+    business_end_h: int = 17  # local time, exclusive
+    weekend_factor: float = 0.3  # a weekend day's volume relative to a weekday
+    day_noise: float = 0.1  # sigma of the log-normal day-to-day variation
+    background_share: float = 0.0  # share of a day's volume outside office hours
+
+    @property
+    def business_hours(self) -> np.ndarray:
+        return np.arange(self.business_start_h, self.business_end_h)
+
+    @property
+    def hour_weights(self) -> np.ndarray:
+        """Share of a day's volume in each local hour (sums to 1)."""
+        business = np.zeros(HOURS, dtype=bool)
+        business[self.business_hours] = True
+        weights = np.where(business, (1 - self.background_share) / business.sum(), 0.0)
+        return weights + np.where(business, 0.0, self.background_share / (HOURS - business.sum()))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerProfile:
+    customer_id: str
+    number: int  # 1-based; seeds this customer's own random streams
+    utc_offset_h: int
+    daily_volume: float  # mean events on a weekday
+
+    def day_start_ms(self, day: date) -> int:
+        """Unix ms of local midnight starting `day`."""
+        return (day - EPOCH).days * DAY_MS - self.utc_offset_h * HOUR_MS
+
+    def local_day(self, timestamp_ms: int) -> date:
+        """The local calendar day `timestamp_ms` falls in."""
+        return EPOCH + timedelta(days=(timestamp_ms + self.utc_offset_h * HOUR_MS) // DAY_MS)
+
+    def usual_volume(self, day: date, shape: TrafficShape) -> float:
+        """The expected volume of local `day` (weekday or weekend)."""
+        return self.daily_volume * (shape.weekend_factor if day.weekday() >= 5 else 1.0)
+
+    def busy_hour_volume(self, day: date, shape: TrafficShape) -> float:
+        """The expected volume of one office hour of local `day`."""
+        return self.usual_volume(day, shape) * float(shape.hour_weights.max())
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One injected incident: what the detectors should find, and where."""
+
+    customer_id: str
+    kind: IncidentKind
+    start_ms: int  # the window of traffic the incident changed, Unix ms ...
+    end_ms: int  # ... exclusive
+    first_event_ms: int  # the first injected event: detection delays count from here
+    events: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} on {self.customer_id}: {self.events} events, affects "
+            f"{_iso(self.start_ms)} .. {_iso(self.end_ms)} UTC"
+        )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Events in columns, sorted by timestamp; materialised as dicts on demand.
+
+    Columns keep a month of a thousand customers in tens of megabytes; the
+    senders turn a batch at a time into JSON.
+    """
+
+    event_type: str
+    customer_ids: tuple[str, ...]
+    tags: tuple[str, ...]  # per customer, in its transaction ids: which simulation made them
+    customer: np.ndarray  # index into customer_ids, per event
+    timestamp: np.ndarray  # Unix ms, per event
+    seq: np.ndarray  # the event's number within its customer's events
+    properties: dict[str, np.ndarray]
+    incidents: tuple[Incident, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.timestamp.size)
+
+    def event(self, i: int) -> dict:
+        index = self.customer[i]
+        customer_id = self.customer_ids[index]
+        return {
+            "transaction_id": f"{customer_id}-{self.tags[index]}-{self.seq[i]}",
+            "customer_id": customer_id,
+            "event_type": self.event_type,
+            "timestamp": int(self.timestamp[i]),
+            "properties": {name: values[i].item() for name, values in self.properties.items()},
+        }
+
+    def events(self, indices: Sequence[int] | np.ndarray | None = None) -> Iterator[dict]:
+        for i in range(len(self)) if indices is None else indices:
+            yield self.event(int(i))
+
+    def by_customer(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(customer_id, indices of its events in time order) per customer with events."""
+        order = np.argsort(self.customer, kind="stable")
+        bounds = np.searchsorted(self.customer[order], np.arange(len(self.customer_ids) + 1))
+        for index, customer_id in enumerate(self.customer_ids):
+            if bounds[index + 1] > bounds[index]:
+                yield customer_id, order[bounds[index] : bounds[index + 1]]
+
+    def counts(self) -> dict[str, int]:
+        """Events per customer."""
+        totals = np.bincount(self.customer, minlength=len(self.customer_ids))
+        return {cid: int(n) for cid, n in zip(self.customer_ids, totals)}
+
+
+# -- population -----------------------------------------------------------------
+
+
+def make_profiles(
+    customers: int, seed: int, events_per_day: float, prefix: str = "sim"
+) -> list[CustomerProfile]:
+    """Customers `{prefix}-0001` ...; each drawn from its own stream, so
+    customer 3 is the same whether 5 or 500 are simulated."""
+    profiles = []
+    for number in range(1, customers + 1):
+        rng = _rng(seed, number, _PROFILE)
+        profiles.append(
+            CustomerProfile(
+                customer_id=f"{prefix}-{number:04d}",
+                number=number,
+                utc_offset_h=int(rng.choice(UTC_OFFSETS_H)),
+                daily_volume=float(events_per_day * rng.lognormal(0.0, 0.5)),
+            )
+        )
+    return profiles
+
+
+def utc_today(now_ms: int) -> date:
+    return datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).date()
+
+
+def fraud_day(now_ms: int) -> date:
+    """The day `meterflow simulate fraud` steals: yesterday (D-1), local time.
+
+    Its attacker night, 21:00 on D-2 to 05:00 on D-1 local time, is the
+    latest night that has passed in every time zone of `UTC_OFFSETS_H`
+    and comes after the history (which ends on D-2).
+    """
+    return utc_today(now_ms) - timedelta(days=1)
+
+
+def last_full_hour(now_ms: int) -> int:
+    """Unix ms of the start of the last complete UTC hour: `simulate spike`'s
+    hour, in the past and as recent as possible, so the spike is news."""
+    return (now_ms // HOUR_MS - 1) * HOUR_MS
+
+
+def history_days(today: date, days: int) -> list[date]:
+    """The local days of a history of the last `days` days up to `today`
+    (D): those of D-(days-1) .. D-2 that are no older than D-28."""
+    first = min(days - 1, OLDEST_DAY)
+    return [today - timedelta(days=back) for back in range(first, NEWEST_DAY - 1, -1)]
+
+
+# -- scenarios ------------------------------------------------------------------
+
+
+def history(
+    profiles: Sequence[CustomerProfile],
+    days: Sequence[date],
+    seed: int,
+    event_type: str = "api_request",
+    shape: TrafficShape = TrafficShape(),
+) -> Traffic:
+    """Ordinary traffic of every customer over the local `days`."""
+    parts = []
+    for profile in profiles:
+        rng = _rng(seed, profile.number, _HISTORY)
+        counts = _history_counts(profile, days, shape, rng)
+        parts.append(_in_hours(rng, _hour_starts(profile, days), counts.ravel()))
+    anchor = ("history", tuple(days))
+    return _assemble(profiles, parts, event_type, shape, seed, anchor)
+
+
+def fraud(
+    profiles: Sequence[CustomerProfile],
+    day: date,
+    seed: int,
+    event_type: str = "api_request",
+    shape: TrafficShape = TrafficShape(),
+) -> Traffic:
+    """A stolen key per customer: local `day`'s usual volume during the night before it."""
+    made = [_fraud_night(p, day, shape, _rng(seed, p.number, _FRAUD)) for p in profiles]
+    return _incident_traffic(profiles, made, event_type, shape, seed, ("fraud", day))
+
+
+def spike(
+    profiles: Sequence[CustomerProfile],
+    hour_start_ms: int,
+    factor: float,
+    seed: int,
+    event_type: str = "api_request",
+    shape: TrafficShape = TrafficShape(),
+) -> Traffic:
+    """A runaway integration per customer: `factor` busy hours inside one clock hour."""
+    made = [_spike_hour(p, hour_start_ms, factor, shape, _rng(seed, p.number, _SPIKE)) for p in profiles]
+    return _incident_traffic(profiles, made, event_type, shape, seed, ("spike", hour_start_ms, factor))
+
+
+def scenario(
+    kind: Literal["history", "fraud", "spike"],
+    profiles: Sequence[CustomerProfile],
+    now_ms: int,
+    seed: int,
+    event_type: str = "api_request",
+    days: int = 30,
+    factor: float = 20.0,
+) -> Traffic:
+    """What `meterflow simulate KIND` sends at `now_ms`: the history of the
+    last `days` days, a stolen key on `fraud_day`, or a spike of `factor`
+    in `last_full_hour`."""
+    if kind == "fraud":
+        return fraud(profiles, fraud_day(now_ms), seed, event_type)
+    if kind == "spike":
+        return spike(profiles, last_full_hour(now_ms), factor, seed, event_type)
+    history_of = history_days(utc_today(now_ms), days)
+    if not history_of:
+        raise ValueError(f"a history needs days >= {NEWEST_DAY + 1}: it ends the day before yesterday")
+    return history(profiles, history_of, seed, event_type)
+
+
+def labelled_month(
+    profiles: Sequence[CustomerProfile],
+    today: date,
+    seed: int,
+    fraud_share: float = 0.1,
+    spike_share: float = 0.1,
+    spike_factor: float = 20.0,
+    event_type: str = "api_request",
+    shape: TrafficShape = TrafficShape(),
+) -> Traffic:
+    """The longest valid history with incidents on known customers and days.
+
+    Victims are drawn without overlap (a customer has at most one incident,
+    so every alert is attributable); each incident day leaves two weeks of
+    history before it and two ordinary days after it. A fraud customer's
+    day is replaced by the attacker's night; a spike adds to the day.
+    """
+    days = history_days(today, OLDEST_DAY + 1)
+    candidates = np.arange(FIRST_INCIDENT_DAY, len(days) - DAYS_AFTER_INCIDENT)
+    rng = _rng(seed, 0, _LABELS)
+    n_fraud = _victims(fraud_share, len(profiles))
+    n_spike = _victims(spike_share, len(profiles))
+    if n_fraud + n_spike > len(profiles):
+        raise ValueError("fraud_share and spike_share together cover more customers than there are")
+    roles: dict[int, tuple[IncidentKind, int, int]] = {}
+    for rank, index in enumerate(rng.permutation(len(profiles))[: n_fraud + n_spike]):
+        kind: IncidentKind = "fraud" if rank < n_fraud else "spike"
+        roles[int(index)] = (kind, int(rng.choice(candidates)), int(rng.choice(shape.business_hours)))
+
+    parts, incidents = [], []
+    for index, profile in enumerate(profiles):
+        history_rng = _rng(seed, profile.number, _HISTORY)
+        counts = _history_counts(profile, days, shape, history_rng)
+        extra = np.empty(0, dtype=np.int64)
+        if index in roles:
+            kind, day_index, hour = roles[index]
+            incident_rng = _rng(seed, profile.number, _LABELS)
+            if kind == "fraud":
+                counts[day_index] = 0
+                extra, incident = _fraud_night(profile, days[day_index], shape, incident_rng)
+            else:
+                start = profile.day_start_ms(days[day_index]) + hour * HOUR_MS
+                extra, incident = _spike_hour(profile, start, spike_factor, shape, incident_rng)
+            incidents.append(incident)
+        ordinary = _in_hours(history_rng, _hour_starts(profile, days), counts.ravel())
+        parts.append(np.concatenate([ordinary, extra]))
+    anchor = ("month", today, fraud_share, spike_share, spike_factor)
+    return _assemble(profiles, parts, event_type, shape, seed, anchor, tuple(incidents))
+
+
+def first_incident_ms(profile: CustomerProfile, today: date, shape: TrafficShape = TrafficShape()) -> int:
+    """The earliest instant an incident of `labelled_month(..., today)` can
+    touch for this customer: before it, the month is the detectors' warm-up."""
+    day = history_days(today, OLDEST_DAY + 1)[FIRST_INCIDENT_DAY]
+    return profile.day_start_ms(day) + (shape.business_start_h - ATTACKER_SHIFT_H) * HOUR_MS
+
+
+# -- internals ------------------------------------------------------------------
+
+# Independent random streams per purpose, so adding an incident or a
+# customer does not change anybody else's traffic.
+_PROFILE, _HISTORY, _FRAUD, _SPIKE, _LABELS, _VALUES = range(6)
+
+
+def _rng(seed: int, number: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, number, stream])
+
+
+def _victims(share: float, customers: int) -> int:
+    """At least one victim for a positive share, so small runs still test something."""
+    return max(1, round(share * customers)) if share > 0 else 0
+
+
+def _hour_starts(profile: CustomerProfile, days: Sequence[date]) -> np.ndarray:
+    """Unix ms of each local hour of `days`, day-major (len(days) * 24)."""
+    starts = np.array([profile.day_start_ms(day) for day in days], dtype=np.int64)
+    return (starts[:, None] + np.arange(HOURS, dtype=np.int64) * HOUR_MS).ravel()
+
+
+def _history_counts(
+    profile: CustomerProfile, days: Sequence[date], shape: TrafficShape, rng: np.random.Generator
+) -> np.ndarray:
+    """Events per (day, local hour): Poisson around the day's noisy volume."""
+    volume = np.array([profile.usual_volume(day, shape) for day in days])
+    volume = volume * rng.lognormal(0.0, shape.day_noise, size=len(days))
+    return rng.poisson(volume[:, None] * shape.hour_weights[None, :])
+
+
+def _in_hours(rng: np.random.Generator, hour_starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """`counts[i]` timestamps spread uniformly over the hour starting at `hour_starts[i]`."""
+    starts = np.repeat(hour_starts, counts)
+    return starts + rng.integers(0, HOUR_MS, size=starts.size)
+
+
+def _fraud_night(
+    profile: CustomerProfile, day: date, shape: TrafficShape, rng: np.random.Generator
+) -> tuple[np.ndarray, Incident]:
+    hours = shape.business_hours - ATTACKER_SHIFT_H  # local hours relative to `day`, some negative
+    starts = profile.day_start_ms(day) + hours.astype(np.int64) * HOUR_MS
+    counts = rng.poisson(profile.usual_volume(day, shape) / hours.size, size=hours.size)
+    timestamps = _in_hours(rng, starts, counts)
+    incident = Incident(
+        customer_id=profile.customer_id,
+        kind="fraud",
+        start_ms=int(starts[0]),
+        # The usual day is missing too: the whole local day is affected.
+        end_ms=profile.day_start_ms(day) + DAY_MS,
+        first_event_ms=int(timestamps.min()) if timestamps.size else int(starts[0]),
+        events=int(timestamps.size),
+    )
+    return timestamps, incident
+
+
+def _spike_hour(
+    profile: CustomerProfile, hour_start_ms: int, factor: float, shape: TrafficShape, rng: np.random.Generator
+) -> tuple[np.ndarray, Incident]:
+    day = profile.local_day(hour_start_ms)
+    count = rng.poisson(factor * profile.busy_hour_volume(day, shape))
+    timestamps = _in_hours(rng, np.array([hour_start_ms], dtype=np.int64), np.array([count]))
+    incident = Incident(
+        customer_id=profile.customer_id,
+        kind="spike",
+        start_ms=hour_start_ms,
+        end_ms=hour_start_ms + HOUR_MS,
+        first_event_ms=int(timestamps.min()) if timestamps.size else hour_start_ms,
+        events=int(timestamps.size),
+    )
+    return timestamps, incident
+
+
+def _iso(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _properties(event_type: str, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A value for each numeric property the catalog's metrics read from `event_type`."""
+    names = sorted({m.property for m in DEFAULT_CATALOG if m.event_type == event_type and m.property})
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        values = rng.lognormal(np.log(PROPERTY_MEDIANS.get(name, 1.0)), 0.8, size=n)
+        out[name] = np.round(values, 2) if name == "gb_stored" else np.maximum(1, values.astype(np.int64))
+    return out
+
+
+def _tag(profile: CustomerProfile, event_type: str, shape: TrafficShape, seed: int, anchor: tuple) -> str:
+    """A digest of everything that made this customer's events: the same
+    simulation sent twice gets the same transaction ids (duplicates, not
+    double counts); any other gets new ones."""
+    digest = hashlib.sha256(repr((profile, event_type, shape, seed, anchor)).encode()).hexdigest()
+    return f"{anchor[0][0]}{digest[:10]}"
+
+
+def _incident_traffic(
+    profiles: Sequence[CustomerProfile],
+    made: list[tuple[np.ndarray, Incident]],
+    event_type: str,
+    shape: TrafficShape,
+    seed: int,
+    anchor: tuple,
+) -> Traffic:
+    """Traffic of one incident per customer: (timestamps, label) each."""
+    parts = [timestamps for timestamps, _ in made]
+    return _assemble(profiles, parts, event_type, shape, seed, anchor, tuple(i for _, i in made))
+
+
+def _assemble(
+    profiles: Sequence[CustomerProfile],
+    parts: list[np.ndarray],
+    event_type: str,
+    shape: TrafficShape,
+    seed: int,
+    anchor: tuple,
+    incidents: tuple[Incident, ...] = (),
+) -> Traffic:
+    """Columns from per-customer timestamps; property values per customer
+    too, so a customer's events do not depend on who else is simulated."""
+    values = [
+        _properties(event_type, part.size, _rng(seed, profile.number, _VALUES))
+        for profile, part in zip(profiles, parts)
+    ]
+    customer = np.repeat(np.arange(len(profiles), dtype=np.int32), [part.size for part in parts])
+    timestamp = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    # Number each customer's events in time order (stable ids), then sort all by time.
+    by_customer = np.lexsort((timestamp, customer))
+    group_start = np.searchsorted(customer[by_customer], customer[by_customer])
+    seq = np.empty_like(timestamp)
+    seq[by_customer] = np.arange(timestamp.size) - group_start
+    order = np.argsort(timestamp, kind="stable")
+    names = values[0].keys() if values else ()
+    return Traffic(
+        event_type=event_type,
+        customer_ids=tuple(p.customer_id for p in profiles),
+        tags=tuple(_tag(p, event_type, shape, seed, anchor) for p in profiles),
+        customer=customer[order],
+        timestamp=timestamp[order],
+        seq=seq[order],
+        properties={name: np.concatenate([v[name] for v in values])[order] for name in names},
+        incidents=incidents,
+    )
