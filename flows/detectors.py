@@ -27,7 +27,7 @@ Time is event time, in UTC days of 24 hourly buckets:
   `min_evidence_share` of its daily volume (or `min_evidence` units) seen,
   and a moved pattern must also be unlikely as noise: the day's event
   counts per closed hour are tested against the baseline's shape
-  (`shape_deviation`, p < 0.001), since a few events an hour make the
+  (`shape_deviation` ≥ 4, p < 3e-5 per check), since a few events an hour make the
   cosine similarity alone dip below 0.9 by chance. So a stolen key used at night is caught one hour (plus lateness) after
   its traffic reaches that evidence.
 
@@ -73,7 +73,9 @@ class DetectorConfig:
     min_baseline_days: int = 2  # days behind a weekday baseline before it is trusted
     min_evidence: float = 20.0  # units seen today before a pattern check counts...
     min_evidence_share: float = 0.25  # ...or this share of the baseline's daily volume, if larger
-    min_shape_deviation: float = 3.09  # a moved pattern must be this unlikely as noise (p < 0.001)
+    # A moved pattern must be this unlikely as noise: p < 3e-5 per check, as a
+    # day is checked after each of its hours (about 1e-3 a day in all).
+    min_shape_deviation: float = 4.0
     max_idle_days: int = 30  # empty days counted as zeros between two active days
 
 

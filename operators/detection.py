@@ -181,7 +181,7 @@ def shape_deviation(counts: Sequence[float], shape: Sequence[float]) -> float:
     total (an hour the shape says is empty may still see half an event
     before it counts against it), turned into a normal score with the
     Wilson-Hilferty approximation, so no statistics library is needed:
-    >= 3.09 means p < 0.001.
+    >= 3.09 means p < 0.001, >= 4 p < 3e-5.
     """
     observed = np.asarray(counts, dtype=float)
     usual = np.asarray(shape, dtype=float)[: len(observed)]
