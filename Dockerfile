@@ -11,5 +11,9 @@ COPY flows ./flows
 COPY api ./api
 RUN pip install --no-cache-dir .
 
-EXPOSE 3000
-CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "3000"]
+# In a container, loopback is the container's own: listen on every address
+# (the API, and the dataflow's /metrics on 19464).
+ENV API_HOST=0.0.0.0 FLOW_METRICS_HOST=0.0.0.0
+EXPOSE 3000 19464
+# uvicorn with API_WORKERS processes, /metrics summed over them (api/serve.py)
+CMD ["python", "-m", "api.serve"]

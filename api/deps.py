@@ -13,7 +13,7 @@ from clickhouse_connect.driver.client import Client as ClickHouseClient
 from confluent_kafka import Producer
 from fastapi import Depends, Header, HTTPException, Request
 
-from api import keys
+from api import keys, metrics
 from api.errors import ServiceUnavailable
 from api.ratelimit import RateLimiter
 from meterflow.clients import clickhouse_client, kafka_producer, redis_client
@@ -110,6 +110,7 @@ def require_api_key(
         raise ServiceUnavailable(f"key store unavailable: {exc}") from exc
     request.state.rate_limit_headers = decision.headers()
     if not decision.allowed:
+        metrics.RATE_LIMITED.inc()
         raise HTTPException(
             429,
             f"rate limit of {decision.limit} requests per {decision.window_s} s exceeded",

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 import structlog
 
+from api import metrics
 from api.deps import Clients
 from api.errors import ServiceUnavailable
 from meterflow.kafka import OutgoingMessage, produce_confirmed
@@ -114,6 +115,7 @@ def ingest_events(clients: Clients, raw_events: list[Any], customer_id: str) -> 
         claims = [dedup.Claim.NEW] * len(delivered)
 
     if errors:
+        metrics.BROKER_FAILURES.inc()
         log.error(
             "ingest_broker_failure", delivered=len(delivered), failed=len(errors), error=str(errors[0])
         )

@@ -3,6 +3,9 @@
 Run with::
 
     uvicorn --factory api.main:create_app --host 127.0.0.1 --port 3000
+
+or `python -m api.serve`, which takes host, port and workers from the
+settings and makes /metrics add up several workers (api.serve).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from fastapi import FastAPI, Request
 from api.dashboard import mount_dashboard
 from api.deps import Clients
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.metrics import router as metrics_router
+from api.middleware import ObservabilityMiddleware
 from api.routers import admin, alerts, billing, catalog, events, health, invoices, usage
 from api.routers import dashboard, fraud
 from meterflow.clients import kafka_admin
@@ -45,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="MeterFlow", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    # Added first: innermost, so an oversized chunked body's 413 reaches the error handlers.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
     @app.middleware("http")
     async def rate_limit_headers(request: Request, call_next):
@@ -52,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers.update(getattr(request.state, "rate_limit_headers", {}))
         return response
 
+    app.add_middleware(ObservabilityMiddleware)  # added last: outermost, times everything
+
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(catalog.router)

@@ -85,15 +85,19 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 @contextmanager
-def private_system(start: Sequence[str] | None = None, **overrides: Any) -> Iterator[tuple[Stack, Settings]]:
+def private_system(
+    start: Sequence[str] | None = None, kafka_storage: str = "s3", **overrides: Any
+) -> Iterator[tuple[Stack, Settings]]:
     """The whole local system on free ports in a temporary directory, stopped
     afterwards. `start`: only these processes (core services always start);
     `overrides`: Settings fields (e.g. rate_limit_requests), on top of the
     environment (e.g. FLOW_BATCH_SIZE=5000), whose service addresses are
-    replaced by the private ones."""
+    replaced by the private ones. `kafka_storage`: the native broker's log,
+    "s3" (durable, what `meterflow up` runs) or "memory"."""
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
-        config = StackConfig.ephemeral(Path(tmp))
-        fields = {"log_level": "WARNING", **overrides, "api_port": free_port(), "data_dir": config.data_dir}
+        config = StackConfig.ephemeral(Path(tmp), kafka_storage=kafka_storage)
+        fields = {"log_level": "WARNING", **overrides, "api_port": free_port(), "flow_metrics_port": free_port(),
+                  "data_dir": config.data_dir}
         base = dataclasses.replace(Settings.from_env(), **fields)
         settings = config.settings(base)
         stack = local_stack(config, settings)

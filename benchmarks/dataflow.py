@@ -67,11 +67,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--kafka-storage", choices=["s3", "memory"], default="s3", help="the private broker's log")
     parser.add_argument("--profile", type=Path, help="py-spy samples of the dataflow to PATH-w<N>.txt; prints the hottest frames")
     args = parser.parse_args()
     rows = []
     for workers in args.workers:
-        with private_system(start=[], flow_workers=workers) as (stack, settings):
+        with private_system(start=[], kafka_storage=args.kafka_storage, flow_workers=workers) as (stack, settings):
             fill_topic(settings, args.events)
             baseline = copy(settings, args.events)
             profile_to = args.profile.with_name(f"{args.profile.stem}-w{workers}.txt") if args.profile else None
@@ -80,7 +81,8 @@ def main() -> int:
             rows += [baseline, flow]
     report(
         "dataflow",
-        {"events": args.events, "partitions": settings.topic_partitions, "batch": settings.flow_batch_size},
+        {"events": args.events, "partitions": settings.topic_partitions, "batch": settings.flow_batch_size,
+         "broker_log": args.kafka_storage},
         ["pipeline", "events", "seconds", "events_per_s", "with_start_per_s", "ratio_to_baseline"],
         rows,
     )

@@ -12,6 +12,7 @@ import orjson
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows import metrics
 from meterflow.clients import clickhouse_client
 from meterflow.kafka import ConfirmedPublisher, OutgoingMessage
 from meterflow.retry import retry_forever
@@ -53,13 +54,15 @@ class _AlertPartition(StatelessSinkPartition[tuple[str, Alert]]):
             return
         backoff = self._settings.sink_retry_max_backoff_s
         rows = [alert_row(a) for a in alerts]
-        retry_forever(lambda: self._insert(rows), what="clickhouse_alerts", max_backoff_s=backoff)
         pending = [
             OutgoingMessage(self._settings.topic_alerts, a.to_json(), key=a.customer_id.encode())
             for a in alerts
         ]
-        retry_forever(lambda: self._publisher.send(pending), what="kafka_alerts", max_backoff_s=backoff)
+        with metrics.SINK_WRITE_SECONDS.labels(sink="alerts").time():
+            retry_forever(lambda: self._insert(rows), what="clickhouse_alerts", max_backoff_s=backoff)
+            retry_forever(lambda: self._publisher.send(pending), what="kafka_alerts", max_backoff_s=backoff)
         for alert in alerts:
+            metrics.ALERTS.labels(kind=alert.kind).inc()
             log.warning(
                 "alert", alert_id=alert.alert_id, customer_id=alert.customer_id, metric=alert.metric,
                 kind=alert.kind, severity=alert.severity, score=alert.to_dict()["score"],

@@ -8,6 +8,7 @@ import orjson
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows import metrics
 from flows.messages import IngestedEvent
 from meterflow.retry import retry_forever
 from meterflow.clients import clickhouse_client
@@ -58,11 +59,13 @@ class _ClickHousePartition(StatelessSinkPartition[IngestedEvent]):
         if not items:
             return
         columns = event_columns(items)
-        retry_forever(
-            lambda: self._insert(columns),
-            what="clickhouse_insert",
-            max_backoff_s=self._settings.sink_retry_max_backoff_s,
-        )
+        with metrics.SINK_WRITE_SECONDS.labels(sink="clickhouse").time():
+            retry_forever(
+                lambda: self._insert(columns),
+                what="clickhouse_insert",
+                max_backoff_s=self._settings.sink_retry_max_backoff_s,
+            )
+        metrics.CLICKHOUSE_ROWS.inc(len(items))
         log.debug("clickhouse_inserted", rows=len(items))
 
     def close(self) -> None:

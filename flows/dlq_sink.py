@@ -10,6 +10,7 @@ from __future__ import annotations
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows import metrics
 from flows.messages import DeadLetter
 from meterflow.retry import retry_forever
 from meterflow.kafka import ConfirmedPublisher, OutgoingMessage
@@ -30,11 +31,13 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
             OutgoingMessage(topic=self._settings.topic_dlq, value=item.to_json(), key=item.key)
             for item in items
         ]
-        retry_forever(
-            lambda: self._publisher.send(pending),
-            what="dlq_produce",
-            max_backoff_s=self._settings.sink_retry_max_backoff_s,
-        )
+        with metrics.SINK_WRITE_SECONDS.labels(sink="dlq").time():
+            retry_forever(
+                lambda: self._publisher.send(pending),
+                what="dlq_produce",
+                max_backoff_s=self._settings.sink_retry_max_backoff_s,
+            )
+        metrics.DEAD_LETTERS.inc(len(items))
         for item in items:
             log.warning(
                 "dead_letter",

@@ -12,6 +12,7 @@ pid, so a supervisor's signals reach the dataflow itself).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -52,11 +53,25 @@ def bytewax_argv(settings: Settings, extra: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
+def metrics_port(settings: Settings, extra: list[str]) -> int:
+    """Process N of a multi-process dataflow (`-i N`, or BYTEWAX_PROCESS_ID)
+    serves its metrics on FLOW_METRICS_PORT + N, so processes on one host
+    do not compete for one port (0 stays off)."""
+    if not settings.flow_metrics_port:
+        return 0
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-i", "--process-id", type=int, default=int(os.environ.get("BYTEWAX_PROCESS_ID") or 0))
+    process_id = parser.parse_known_args(extra)[0].process_id
+    return settings.flow_metrics_port + process_id
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
     ensure_recovery_dir(recovery_dir(settings), settings.recovery_partitions)
-    argv = bytewax_argv(settings, sys.argv[1:] if argv is None else argv)
+    extra = sys.argv[1:] if argv is None else argv
+    os.environ["FLOW_METRICS_PORT"] = str(metrics_port(settings, extra))
+    argv = bytewax_argv(settings, extra)
     os.execv(argv[0], argv)
 
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows import metrics
 from flows.messages import IngestedEvent
 from meterflow.retry import retry_forever
 from meterflow.clients import s3_client
@@ -59,15 +60,17 @@ class _S3Partition(StatelessSinkPartition[IngestedEvent]):
     def write_batch(self, items: list[IngestedEvent]) -> None:
         if not items:
             return
-        for key, body in backup_objects(items, int(time.time() * 1000)).items():
-            # Same key on every try: a retry after a lost response overwrites
-            # the same object instead of adding a second copy.
-            retry_forever(
-                lambda: self._put(key, body),
-                what="s3_put",
-                max_backoff_s=self._settings.sink_retry_max_backoff_s,
-            )
-            log.debug("s3_backup_written", key=key, bytes=len(body))
+        with metrics.SINK_WRITE_SECONDS.labels(sink="s3").time():
+            for key, body in backup_objects(items, int(time.time() * 1000)).items():
+                # Same key on every try: a retry after a lost response overwrites
+                # the same object instead of adding a second copy.
+                retry_forever(
+                    lambda: self._put(key, body),
+                    what="s3_put",
+                    max_backoff_s=self._settings.sink_retry_max_backoff_s,
+                )
+                metrics.S3_OBJECTS.inc()
+                log.debug("s3_backup_written", key=key, bytes=len(body))
 
 
 class S3BackupSink(DynamicSink[IngestedEvent]):

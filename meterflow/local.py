@@ -15,14 +15,8 @@ from meterflow.stack import Stack, StackConfig
 
 DATAFLOW_ARGV = [sys.executable, "-m", "flows.run"]
 ALERT_WEBHOOK_ARGV = [sys.executable, "-m", "meterflow.alert_webhook"]
-
-
-def api_argv(settings: Settings) -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-        "--host", settings.api_host, "--port", str(settings.api_port),
-        "--no-access-log", "--workers", str(settings.api_workers),
-    ]  # fmt: skip
+# uvicorn with host, port and workers from the environment (settings.as_env())
+API_ARGV = [sys.executable, "-m", "api.serve"]
 
 
 def http_ok(url: str):
@@ -45,7 +39,7 @@ def local_stack(config: StackConfig, settings: Settings) -> Stack:
         stack.add_process("alert-webhook", ALERT_WEBHOOK_ARGV, env=env)
     stack.add_process(
         "api",
-        api_argv(settings),
+        API_ARGV,
         env=env,
         health=http_ok(f"http://{settings.api_host}:{settings.api_port}/health"),
         port=settings.api_port,

@@ -41,6 +41,10 @@ class Settings:
     flow_batch_size: int = 1000
     flow_workers: int = 1  # Bytewax workers in the dataflow process
     sink_retry_max_backoff_s: float = 10.0
+    # Prometheus /metrics of the dataflow process (0 = off); a multi-process
+    # dataflow (-i N) serves process N on port + N. Loopback by default.
+    flow_metrics_host: str = "127.0.0.1"
+    flow_metrics_port: int = 19464
     # Bytewax recovery: state and Kafka offsets snapshotted every this many
     # seconds into <data_dir>/dataflow-recovery; a restart replays at most that much.
     snapshot_interval_s: int = 5
@@ -52,6 +56,7 @@ class Settings:
     admin_token: str = ""
     rate_limit_requests: int = 100
     rate_limit_window_s: int = 60
+    api_max_body_bytes: int = 5 * 1024 * 1024  # larger request bodies: 413 before parsing
     # Billing (Stripe): dry run unless a key is set
     stripe_api_key: str = ""
     stripe_api_base: str = ""  # empty = Stripe's own; tests point it at a local stand-in

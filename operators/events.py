@@ -24,6 +24,10 @@ PROPERTY_KEY_MAX_LEN = 255
 PROPERTIES_MAX_COUNT = 100
 MAX_FUTURE_MS = 5 * 60 * 1000
 MAX_AGE_MS = 30 * 24 * 3600 * 1000
+# Integer property values must fit a signed 64-bit integer: what the wire
+# form (orjson) can write and every consumer of it can read back exactly.
+PROPERTY_INT_MIN = -(2**63)
+PROPERTY_INT_MAX = 2**63 - 1
 
 PropertyValue = str | int | float | bool
 
@@ -53,6 +57,17 @@ class UsageEvent:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with lone surrogates (JSON's "\\ud800" escape
+    decodes to one): it cannot be encoded as UTF-8, so it could be neither
+    produced to Kafka nor echoed back in a response."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_id(raw: Mapping[str, Any], name: str) -> str:
@@ -103,15 +118,22 @@ def _check_properties(raw: Mapping[str, Any]) -> dict[str, PropertyValue]:
     for key, item in value.items():
         if not isinstance(key, str) or key == "" or len(key) > PROPERTY_KEY_MAX_LEN:
             raise InvalidEvent(f"property names must be 1-{PROPERTY_KEY_MAX_LEN} characters")
+        if not _is_unicode(key):
+            raise InvalidEvent("property names must be valid Unicode (no lone surrogates)")
         if isinstance(item, str):
             if len(item) > PROPERTY_STRING_MAX_LEN:
                 raise InvalidEvent(
                     f"property '{key}' is longer than {PROPERTY_STRING_MAX_LEN} characters"
                 )
+            if not _is_unicode(item):
+                raise InvalidEvent(f"property '{key}' must be valid Unicode (no lone surrogates)")
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidEvent(f"property '{key}' must be a finite number")
-        elif not isinstance(item, (int, bool)):
+        elif isinstance(item, int):  # bools too: True and False are in range
+            if not PROPERTY_INT_MIN <= item <= PROPERTY_INT_MAX:
+                raise InvalidEvent(f"property '{key}' is an integer outside the signed 64-bit range")
+        else:
             raise InvalidEvent(f"property '{key}' must be a string, number or boolean")
     return value
 
@@ -135,9 +157,10 @@ def validate_event(raw: Any, now_ms: int) -> UsageEvent:
 
 
 def transaction_id_of(raw: Any) -> str:
-    """The transaction_id to report a failure under, even for a broken event."""
+    """The transaction_id to report a failure under, even for a broken event;
+    always encodable, since it is echoed back in the response."""
     if isinstance(raw, dict) and isinstance(raw.get("transaction_id"), str):
-        return raw["transaction_id"][:ID_MAX_LEN]
+        return raw["transaction_id"][:ID_MAX_LEN].encode("utf-8", "replace").decode("utf-8")
     return ""
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from api import metrics
 from api.deps import ApiKeyDep, ClientsDep
 from api.ingest import ingest_events
 
@@ -54,6 +55,7 @@ class IngestResponse(BaseModel):
 def post_events(batch: EventBatch, key: ApiKeyDep, clients: ClientsDep) -> IngestResponse:
     """Accept a batch of usage events; answers after the broker acknowledged them."""
     result = ingest_events(clients, batch.events, key.customer_id)
+    metrics.count_ingest(result.accepted, result.duplicates, [reason for _, reason in result.failed])
     return IngestResponse(
         accepted=result.accepted,
         duplicates=result.duplicates,

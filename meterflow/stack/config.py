@@ -33,7 +33,7 @@ _handed_out_lock = threading.Lock()
 
 # The dev stack's default ports (Settings defaults and S3Ports.derived(19000)):
 # a test stack must not take them while the dev stack happens to be down.
-_RESERVED = {3000, 16379, 18123, 19092, *range(19000, 19010)}
+_RESERVED = {3000, 16379, 18123, 19092, 19464, *range(19000, 19010)}
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -30,6 +30,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Se
     config = StackConfig.ephemeral(tmp_path_factory.mktemp("stack"))
     base = Settings(
         api_port=free_port(),
+        flow_metrics_port=free_port(),
         data_dir=config.data_dir,
         kafka_produce_timeout_s=3.0,
         sink_retry_max_backoff_s=1.0,
@@ -96,13 +97,19 @@ class Customer:
         return {"X-API-Key": self.api_key}
 
 
-@pytest.fixture
-def customer(api: httpx.Client) -> Customer:
-    """A fresh customer with its own key, so tests never see each other's data."""
-    customer_id = f"cust-{uuid.uuid4().hex[:12]}"
+def new_customer(api: httpx.Client, prefix: str = "cust") -> Customer:
+    """A customer never seen before, with its own key (the session's admin
+    routes are open: it sets no ADMIN_TOKEN)."""
+    customer_id = f"{prefix}-{uuid.uuid4().hex[:12]}"
     response = api.post("/v1/admin/keys", json={"customer_id": customer_id, "name": "test"})
     assert response.status_code == 201, response.text
     return Customer(customer_id, response.json()["api_key"])
+
+
+@pytest.fixture
+def customer(api: httpx.Client) -> Customer:
+    """A fresh customer with its own key, so tests never see each other's data."""
+    return new_customer(api)
 
 
 def now_ms() -> int:

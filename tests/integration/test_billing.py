@@ -18,7 +18,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from meterflow.local import api_argv, http_ok
+from meterflow.local import API_ARGV, http_ok
 from meterflow.stack import free_port
 from operators.billing import billing_key, customer_key
 from tests.integration.conftest import Customer, make_event, now_ms, stored_count, wait_for
@@ -155,7 +155,7 @@ def live(stack, settings) -> Iterator[Live]:
         url = f"http://{live_settings.api_host}:{live_settings.api_port}"
         name = f"api-billing-{live_settings.api_port}"
         stack.add_process(
-            name, api_argv(live_settings), env={**os.environ, **live_settings.as_env()},
+            name, API_ARGV, env={**os.environ, **live_settings.as_env()},
             health=http_ok(f"{url}/health"), port=live_settings.api_port,
         )  # fmt: skip
         stack.start_service(name)
