@@ -71,7 +71,7 @@ def ingest_events(clients: Clients, raw_events: list[Any], customer_id: str) -> 
     candidates = _validate(raw_events, customer_id, result)
 
     try:
-        already = dedup.seen(clients.redis, [e.transaction_id for e in candidates])
+        already = dedup.seen(clients.redis, [(e.customer_id, e.transaction_id) for e in candidates])
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"dedup store unavailable: {exc}") from exc
     fresh = [event for event, was_seen in zip(candidates, already) if not was_seen]
@@ -101,7 +101,7 @@ def ingest_events(clients: Clients, raw_events: list[Any], customer_id: str) -> 
     if errors:
         clients.replace_producer(producer)
     delivered = [
-        (event.transaction_id, ingest_id)
+        (event.customer_id, event.transaction_id, ingest_id)
         for event, ingest_id, err in zip(fresh, ingest_ids, outcomes)
         if err is None
     ]

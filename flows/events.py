@@ -86,7 +86,7 @@ class Deduplicator:
         self._redis = redis_client(settings)
 
     def __call__(self, batch: list[IngestedEvent]) -> list[IngestedEvent]:
-        pairs = [(item.event.transaction_id, item.ingest_id) for item in batch]
+        pairs = [(item.event.customer_id, item.event.transaction_id, item.ingest_id) for item in batch]
         with metrics.DEDUP_SECONDS.time():
             claims = retry_forever(
                 lambda: dedup.claim_many(self._redis, pairs, self._settings.dedup_ttl_s),

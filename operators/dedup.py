@@ -3,9 +3,13 @@
 Each accepted event carries an *ingest id*: a token unique to that copy of
 the event (the API assigns one per event and sends it as a Kafka header; a
 message produced without one gets `topic:partition:offset`). The Redis key
-`dedup:<transaction_id>` holds the ingest id of the copy that won.
+`dedup:<customer_id>:<transaction_id>` holds the ingest id of the copy
+that won. Transaction ids are unique per customer, not across customers:
+scoping the key keeps one tenant from suppressing another's events by
+sending their ids first (or by choosing the same "1", "2", ...). Customer
+ids cannot contain ":", so the key is unambiguous.
 
-A claim is `SET dedup:<tid> <ingest_id> NX GET EX <ttl>` (Redis >= 7.0):
+A claim is `SET dedup:<customer>:<tid> <ingest_id> NX GET EX <ttl>` (Redis >= 7.0):
 
 - nothing was there      -> this copy is the first: count it;
 - our own ingest id      -> a replay of the same copy (the dataflow restarted
@@ -42,8 +46,8 @@ class Claim(enum.Enum):
         return self is not Claim.DUPLICATE
 
 
-def dedup_key(transaction_id: str) -> str:
-    return KEY_PREFIX + transaction_id
+def dedup_key(customer_id: str, transaction_id: str) -> str:
+    return f"{KEY_PREFIX}{customer_id}:{transaction_id}"
 
 
 def classify(previous: bytes | str | None, ingest_id: str) -> Claim:
@@ -69,23 +73,23 @@ return out
 
 
 def claim_many(
-    client: redis.Redis, claims: Sequence[tuple[str, str]], ttl_s: int
+    client: redis.Redis, claims: Sequence[tuple[str, str, str]], ttl_s: int
 ) -> list[Claim]:
-    """Claim `(transaction_id, ingest_id)` pairs in one round trip, in order.
+    """Claim `(customer_id, transaction_id, ingest_id)` in one round trip, in order.
 
     Two copies of one transaction_id in the same call are resolved in order:
     the first wins, the second is a duplicate.
     """
     if not claims:
         return []
-    keys = [dedup_key(transaction_id) for transaction_id, _ in claims]
-    previous = client.register_script(_CLAIM_MANY)(keys=keys, args=[ttl_s, *(i for _, i in claims)])
-    return [classify(prev, ingest_id) for prev, (_, ingest_id) in zip(previous, claims)]
+    keys = [dedup_key(customer_id, transaction_id) for customer_id, transaction_id, _ in claims]
+    previous = client.register_script(_CLAIM_MANY)(keys=keys, args=[ttl_s, *(i for _, _, i in claims)])
+    return [classify(prev, ingest_id) for prev, (_, _, ingest_id) in zip(previous, claims)]
 
 
-def seen(client: redis.Redis, transaction_ids: Iterable[str]) -> list[bool]:
-    """Which transaction_ids already have a claim, in one round trip."""
-    keys = [dedup_key(t) for t in transaction_ids]
+def seen(client: redis.Redis, events: Iterable[tuple[str, str]]) -> list[bool]:
+    """Which `(customer_id, transaction_id)` already have a claim, in one round trip."""
+    keys = [dedup_key(customer_id, transaction_id) for customer_id, transaction_id in events]
     if not keys:
         return []
     return [value is not None for value in client.mget(keys)]

@@ -4,6 +4,7 @@ acknowledged just before the broker went down, is stored exactly once."""
 
 from __future__ import annotations
 
+from operators.dedup import dedup_key
 from tests.integration.conftest import make_event, stored_count, wait_for
 
 
@@ -23,7 +24,7 @@ def test_broker_down_is_503_and_nothing_is_lost_after_it_returns(
         assert refused.status_code == 503, refused.text
         assert "broker" in refused.json()["error"]
         assert refused.headers["Retry-After"]
-        assert not any(redis.exists(f"dedup:{e['transaction_id']}") for e in during)
+        assert not any(redis.exists(dedup_key(customer.customer_id, e["transaction_id"])) for e in during)
         health = api.get("/health").json()
         assert health["status"] == "degraded" and health["dependencies"]["kafka"] == "down"
         assert api.get("/health/ready").status_code == 503

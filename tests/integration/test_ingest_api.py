@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tests.integration.conftest import make_event, now_ms
+from tests.integration.conftest import make_event, new_customer, now_ms, stored_count, wait_for
 
 
 def test_health_reports_dependencies(api):
@@ -58,7 +58,7 @@ def test_per_event_failures_do_not_fail_the_batch(api, customer, redis):
     assert "1000" in reasons["big"]
     assert "API key" in reasons["foreign"]
     # The foreign event was neither produced nor claimed.
-    assert not redis.exists("dedup:foreign")
+    assert not redis.keys("dedup:*:foreign")
 
 
 def test_malformed_bodies_are_422_with_a_reason(api, customer):
@@ -68,3 +68,17 @@ def test_malformed_bodies_are_422_with_a_reason(api, customer):
         assert response.json()["error"]
     raw = api.post("/v1/events", content=b"{not json", headers={**customer.headers, "Content-Type": "application/json"})
     assert raw.status_code == 422 and raw.json()["error"]
+
+
+def test_transaction_ids_belong_to_their_customer(api, customer, settings, clickhouse):
+    """Another tenant sending the same transaction_id first does not make
+    this customer's event a duplicate."""
+    other = new_customer(api, "other")
+    tid = f"shared-{now_ms()}"
+    first = api.post("/v1/events", json={"events": [make_event(other.customer_id, transaction_id=tid)]},
+                     headers=other.headers).json()  # fmt: skip
+    mine = api.post("/v1/events", json={"events": [make_event(customer.customer_id, transaction_id=tid)]},
+                    headers=customer.headers).json()  # fmt: skip
+    assert first["accepted"] == 1 and mine["accepted"] == 1 and mine["duplicates"] == 0
+    wait_for(lambda: stored_count(clickhouse, settings, customer.customer_id) == 1, what="my event stored")
+    wait_for(lambda: stored_count(clickhouse, settings, other.customer_id) == 1, what="theirs stored")

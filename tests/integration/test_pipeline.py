@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from operators.dedup import INGEST_ID_HEADER
+from operators.dedup import INGEST_ID_HEADER, dedup_key
 from tests.integration.conftest import make_event, now_ms, stored_count, wait_for
 
 
@@ -51,7 +51,7 @@ def test_posted_batch_lands_in_clickhouse_s3_and_redis(api, customer, settings, 
         what="S3 backup",
     )
     assert backed_up
-    assert all(redis.exists(f"dedup:{tid}") for tid in wanted)
+    assert all(redis.exists(dedup_key(customer.customer_id, tid)) for tid in wanted)
 
 
 def test_same_transaction_id_twice_is_counted_once(api, customer, settings, clickhouse):
@@ -76,7 +76,7 @@ def test_replayed_message_is_stored_once(customer, settings, clickhouse, redis):
     for _ in range(2):
         produce_raw(settings, orjson.dumps(event), headers=[(INGEST_ID_HEADER, b"copy-1")])
     wait_for(lambda: stored_count(clickhouse, settings, customer.customer_id) == 1, what="row")
-    assert redis.get(f"dedup:{event['transaction_id']}") == b"copy-1"
+    assert redis.get(dedup_key(customer.customer_id, event["transaction_id"])) == b"copy-1"
     clickhouse.command("OPTIMIZE TABLE meterflow.events FINAL")
     assert stored_count(clickhouse, settings, customer.customer_id, final=False) == 1
 

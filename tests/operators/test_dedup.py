@@ -2,7 +2,7 @@ from operators.dedup import Claim, classify, dedup_key
 
 
 def test_key_layout_is_the_contract():
-    assert dedup_key("tx-9") == "dedup:tx-9"
+    assert dedup_key("acme", "tx-9") == "dedup:acme:tx-9"
 
 
 def test_first_claim_is_new():
