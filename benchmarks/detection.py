@@ -53,7 +53,6 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -66,13 +65,11 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from common import report  # noqa: I001 - benchmarks run as scripts
+from common import private_system, report  # noqa: I001 - benchmarks run as scripts
 from meterflow import sender, simulate
 from meterflow.clients import clickhouse_client
-from meterflow.local import local_stack
 from meterflow.settings import Settings
 from meterflow.simulate import Incident, Traffic
-from meterflow.stack import StackConfig, free_port
 from meterflow.storage import ensure_all
 
 ANOMALY_KINDS = ("usage_spike", "daily_anomaly")
@@ -183,25 +180,17 @@ def first_event_produced_at(traffic: Traffic, sent: sender.SendReport) -> dict[I
 def system(kind: str, kafka_storage: str, flow_batch_size: int) -> Iterator[tuple[Settings, str]]:
     """(settings, customer prefix) of a private system or of the running one.
 
-    Unlike `common.private_system`, the broker's storage is a choice: a
-    month of events is millions of messages, and on the 2-core VM the
-    S3-backed broker's SeaweedFS saturated a core and stalled after ~1.8M
-    (the subject here is detection, not the broker)."""
+    The broker's storage defaults to memory here: a month of events is
+    millions of messages, and on the 2-core VM the S3-backed broker's
+    SeaweedFS saturated a core and stalled after ~1.8M (the subject here is
+    detection, not the broker)."""
     if kind == "running":
         settings = Settings.from_env()
         ensure_all(settings)
         yield settings, f"sim{uuid.uuid4().hex[:6]}"
         return
-    with tempfile.TemporaryDirectory(prefix="mf-detection-") as tmp:
-        config = StackConfig.ephemeral(Path(tmp), kafka_storage=kafka_storage)
-        base = Settings(api_port=free_port(), data_dir=config.data_dir, log_level="WARNING",
-                        flow_batch_size=flow_batch_size)  # fmt: skip
-        stack = local_stack(config, config.settings(base))
-        try:
-            stack.start()
-            yield config.settings(base), "sim"
-        finally:
-            stack.stop()
+    with private_system(kafka_storage=kafka_storage, flow_batch_size=flow_batch_size) as (_, settings):
+        yield settings, "sim"
 
 
 def wait_for_pipeline(
