@@ -6,6 +6,8 @@
     meterflow init               create topics, tables and the bucket (any environment)
     meterflow simulate history|fraud|spike [options]
                                  send simulated traffic (docs/simulation.md; --help per kind)
+    meterflow replay --from DAY [--to DAY] [--customer ID]
+                                 replay backed-up events of UTC days through the dataflow
 
 NAMEs: redis, kafka, clickhouse, s3, dataflow, api. Exit status is 0 when
 what was asked for is healthy (up, status) or stopped (down).
@@ -16,9 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import date
 
 from meterflow import sender, simulate
 from meterflow.local import local_stack
+from meterflow.replay import replay
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
 from meterflow.stack import StackConfig, StackError
@@ -29,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:
         return simulate_main(argv[1:])
+    if argv[:1] == ["replay"]:
+        return replay_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="meterflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,6 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         return 0 if not any(statuses[name].running for name in shown) else 1
     return 0 if all(statuses[name].healthy for name in shown) else 1
+
+
+def replay_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="meterflow replay",
+        description="Replay events from the S3 backup through the dataflow; totals do not change "
+        "(see docs/operations.md).",
+    )
+    parser.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first UTC day")
+    parser.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day (default: --from)")
+    parser.add_argument("--customer", help="only this customer's events")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, json=False)
+    try:
+        result = replay(settings, args.first, args.last or args.first, args.customer)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(f"replayed {result.events} events from {result.objects} backup objects over {result.days} days")
+    return 0
 
 
 def simulate_parser() -> argparse.ArgumentParser:

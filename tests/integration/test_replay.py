@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+from meterflow.cli import main as meterflow_cli
 from meterflow.replay import replay
 from tests.integration.conftest import make_event, stored_count, wait_for
 from tests.integration.test_pipeline import s3_backup_lines
@@ -49,7 +50,7 @@ def test_replaying_a_day_changes_no_total(api, customer, settings, clickhouse, s
     assert total_bytes(api, customer, events) == 150
 
 
-def test_replay_restores_rows_lost_from_clickhouse(api, customer, settings, clickhouse, s3):
+def test_replay_restores_rows_lost_from_clickhouse(api, customer, settings, clickhouse, s3, monkeypatch):
     events = [make_event(customer.customer_id, properties={"bytes": 5}) for _ in range(30)]
     post(api, customer, events)
     wait_for(lambda: stored_count(clickhouse, settings, customer.customer_id) == 30, what="rows")
@@ -62,7 +63,10 @@ def test_replay_restores_rows_lost_from_clickhouse(api, customer, settings, clic
     )
     assert stored_count(clickhouse, settings, customer.customer_id) == 0
 
+    # Through the CLI, as an operator would run it.
     day = datetime.fromtimestamp(events[0]["timestamp"] / 1000, tz=timezone.utc).date()
-    replay(settings, day, day, customer_id=customer.customer_id)
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    assert meterflow_cli(["replay", "--from", day.isoformat(), "--customer", customer.customer_id]) == 0
     wait_for(lambda: stored_count(clickhouse, settings, customer.customer_id) == 30, timeout_s=60, what="restored")
     assert total_bytes(api, customer, events) == 150
