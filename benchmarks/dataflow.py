@@ -7,7 +7,9 @@ For each worker count, a fresh private system: fill `events.raw` with
 benchmarks/baseline_copy.py's bare consumer + columnar insert over the same
 messages, then start the real dataflow (`python -m flows.run`: decode,
 validate, Redis dedup, ClickHouse, S3 backup, detectors, recovery
-snapshots) and time it until every event is a row in ClickHouse.
+snapshots) and time it until every event is a row in ClickHouse. With
+`--processes N ...`, the same for a Bytewax cluster of N processes
+(`python -m flows.run -i K -a ...`, one worker each).
 "events/s" counts from the first stored row to the last (steady state);
 "with start" includes the process start and the storage checks.
 """
@@ -15,6 +17,8 @@ snapshots) and time it until every event is a row in ClickHouse.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ from tqdm import tqdm
 
 from baseline_copy import copy  # noqa: I001 - benchmarks run as scripts
 from common import Profiler, fill_topic, hot_frames, private_system, report
+from meterflow.stack import free_port
 from meterflow.clients import clickhouse_client
 from meterflow.settings import Settings
 
@@ -32,15 +37,47 @@ def stored(ch, settings: Settings) -> int:
     return ch.query(f"SELECT count() FROM `{settings.clickhouse_database}`.events").result_rows[0][0]  # sql-ok
 
 
+def start_cluster(settings: Settings, processes: int) -> list[subprocess.Popen]:
+    """`processes` dataflow processes of one Bytewax cluster (-i/-a), one worker each."""
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    env = {**os.environ, **settings.as_env()}
+    return [
+        subprocess.Popen([sys.executable, "-m", "flows.run", "-i", str(i), "-a", addresses], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        for i in range(processes)
+    ]
+
+
+def run_cluster(settings: Settings, expected: int, processes: int) -> dict[str, Any]:
+    started = time.monotonic()
+    cluster = start_cluster(settings, processes)
+    try:
+        return measure(settings, expected, f"dataflow p={processes} (-i/-a)", started)
+    finally:
+        for process in cluster:
+            process.terminate()
+        for process in cluster:
+            process.wait(30)
+
+
 def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | None = None) -> dict[str, Any]:
-    ch = clickhouse_client(settings)
     started = time.monotonic()
     stack.start_service("dataflow")
     profiler = Profiler(stack.status()["dataflow"].pid, profile_to) if profile_to else None
+    row = measure(settings, expected, f"dataflow w={settings.flow_workers}", started)
+    if profiler is not None:
+        profiler.stop()
+        for share, frame in hot_frames(profile_to):
+            print(f"{share:5.1f}%  {frame}", file=sys.stderr)
+    return row
+
+
+def measure(settings: Settings, expected: int, label: str, started: float) -> dict[str, Any]:
+    """Waits until `expected` rows are stored; the figures of `label` since `started`."""
+    ch = clickhouse_client(settings)
     first_at = None
     count = 0
-    with tqdm(total=expected, desc=f"dataflow -w {settings.flow_workers}", unit="ev", unit_scale=True,
-              file=sys.stderr) as bar:  # fmt: skip
+    with tqdm(total=expected, desc=label, unit="ev", unit_scale=True, file=sys.stderr) as bar:
         while count < expected:
             time.sleep(0.2)
             now = stored(ch, settings)
@@ -49,13 +86,9 @@ def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | No
             bar.update(now - count)
             count = now
     done = time.monotonic()
-    if profiler is not None:
-        profiler.stop()
-        for share, frame in hot_frames(profile_to):
-            print(f"{share:5.1f}%  {frame}", file=sys.stderr)
     steady = done - first_at if first_at and done > first_at else done - started
     return {
-        "pipeline": f"dataflow w={settings.flow_workers}",
+        "pipeline": label,
         "events": expected,
         "seconds": round(done - started, 2),
         "events_per_s": round((expected - first_count) / steady) if first_at else round(expected / steady),
@@ -67,6 +100,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--processes", type=int, nargs="*", default=[],
+                        help="also run clusters of this many processes (-i/-a, one worker each)")
     parser.add_argument("--kafka-storage", choices=["s3", "memory"], default="s3", help="the private broker's log")
     parser.add_argument("--profile", type=Path, help="py-spy samples of the dataflow to PATH-w<N>.txt; prints the hottest frames")
     args = parser.parse_args()
@@ -77,6 +112,13 @@ def main() -> int:
             baseline = copy(settings, args.events)
             profile_to = args.profile.with_name(f"{args.profile.stem}-w{workers}.txt") if args.profile else None
             flow = run_dataflow(stack, settings, args.events, profile_to)
+            flow["ratio_to_baseline"] = round(flow["events_per_s"] / baseline["events_per_s"], 2)
+            rows += [baseline, flow]
+    for processes in args.processes:
+        with private_system(start=[], kafka_storage=args.kafka_storage) as (stack, settings):
+            fill_topic(settings, args.events)
+            baseline = copy(settings, args.events)
+            flow = run_cluster(settings, args.events, processes)
             flow["ratio_to_baseline"] = round(flow["events_per_s"] / baseline["events_per_s"], 2)
             rows += [baseline, flow]
     report(

@@ -37,8 +37,10 @@ def results(paths: list[Path]) -> dict[str, dict]:
 
 def plot_dataflow(data: dict) -> Path:
     rows = data["results"]
-    flows = [r for r in rows if r["pipeline"].startswith("dataflow")]
-    copies = [r for r in rows if r["pipeline"] == "baseline_copy"]
+    # Each dataflow row follows the bare copy measured in the same system.
+    pairs = [(rows[i - 1], r) for i, r in enumerate(rows) if r["pipeline"].startswith("dataflow w=")]
+    copies = [copy for copy, _ in pairs]
+    flows = [flow for _, flow in pairs]
     workers = [int(r["pipeline"].split("w=")[1]) for r in flows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(workers, [r["events_per_s"] for r in flows], "o-", label="dataflow (validate, dedup, ClickHouse, S3, detectors)")

@@ -13,6 +13,7 @@ pid, so a supervisor's signals reach the dataflow itself).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -33,12 +34,20 @@ def recovery_dir(settings: Settings) -> Path:
 
 
 def ensure_recovery_dir(path: Path, partitions: int) -> None:
-    """Create the recovery partitions unless they exist (a restart keeps them)."""
-    if any(path.glob("part-*.sqlite3")):
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    init_db_dir(path, partitions)
-    log.info("recovery_partitions_created", path=str(path), partitions=partitions)
+    """Create the recovery partitions unless they exist (a restart keeps them).
+
+    The processes of a cluster (-i/-a) start together and share the
+    directory; a file lock makes exactly one of them create it (two at once
+    left the cluster stuck without an error).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if any(path.glob("part-*.sqlite3")):
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, partitions)
+        log.info("recovery_partitions_created", path=str(path), partitions=partitions)
 
 
 def bytewax_argv(settings: Settings, extra: list[str]) -> list[str]:
