@@ -72,12 +72,16 @@ def flow_metrics_url(settings: Settings) -> str:
 
 
 def log_lines(path: Path) -> list[dict]:
-    """The JSON lines of a process's log (the stack's own banner lines and
-    uvicorn's plain-text lines are skipped)."""
+    """The JSON lines of a process's log (the stack's own banner lines,
+    uvicorn's plain-text lines and a last line still being written are
+    skipped)."""
     lines = []
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
-            lines.append(json.loads(line))
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return lines
 
 
@@ -173,8 +177,11 @@ def test_request_id_is_in_the_log_lines_of_its_request(api, customer, settings):
     def lines_of_request() -> list[dict]:
         return [line for line in log_lines(log_file) if line.get("request_id") == given]
 
-    lines = wait_for(lambda: len(lines_of_request()) >= 2 and lines_of_request(), what="log lines")
-    by_event = {line["event"]: line for line in lines}
+    def both_lines() -> dict[str, dict]:
+        found = {line["event"]: line for line in lines_of_request()}
+        return found if {"baselines_built", "request"} <= found.keys() else {}
+
+    by_event = wait_for(both_lines, what="the endpoint's and the access log lines")
     # The endpoint's own line (written in the thread pool) and the access line.
     assert by_event["baselines_built"]["customer_id"] == customer.customer_id
     access = by_event["request"]
