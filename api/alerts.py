@@ -30,20 +30,21 @@ def _ms(value: datetime) -> int:
 
 def list_alerts(client: ClickHouseClient, database: str, wanted: AlertFilter) -> list[dict[str, Any]]:
     """Alerts of one customer created at or after `since_ms`, newest first."""
-    kind_clause = "AND kind = {kind:String}" if wanted.kind is not None else ""
-    sql = f"""
-        SELECT alert_id, customer_id, metric, kind, severity, score,
-               window_start, window_end, evidence, created_at, event_time
-        FROM `{database}`.alerts FINAL
-        WHERE customer_id = {{customer:String}}
-          AND created_at >= fromUnixTimestamp64Milli({{since:Int64}})
-          {kind_clause}
-        ORDER BY created_at DESC, alert_id
-        LIMIT {{limit:UInt32}}
-    """  # sql-ok: database from configuration, the kind clause is fixed text
-    parameters = {"customer": wanted.customer_id, "since": wanted.since_ms, "limit": wanted.limit}
-    if wanted.kind is not None:
-        parameters["kind"] = wanted.kind
+    table = f"`{database}`.alerts FINAL"  # sql-ok: the database name comes from configuration
+    sql = (
+        "SELECT alert_id, customer_id, metric, kind, severity, score, "
+        "window_start, window_end, evidence, created_at, event_time FROM " + table + " "
+        "WHERE customer_id = {customer:String} "
+        "AND created_at >= fromUnixTimestamp64Milli({since:Int64}) "
+        "AND ({kind:String} = '' OR kind = {kind:String}) "
+        "ORDER BY created_at DESC, alert_id LIMIT {limit:UInt32}"
+    )
+    parameters = {
+        "customer": wanted.customer_id,
+        "since": wanted.since_ms,
+        "kind": wanted.kind or "",
+        "limit": wanted.limit,
+    }
     rows = run_query(client, sql, parameters)
     return [
         {

@@ -23,7 +23,7 @@ import redis
 from clickhouse_connect.driver.client import Client as ClickHouseClient
 
 from api.errors import ServiceUnavailable
-from api.usage import AGGREGATES, run_query
+from api.usage import AGGREGATES, metric_condition, metric_parameters, run_query
 from operators.baselines import load_baselines, save_baselines
 from operators.detection import (
     HOURS,
@@ -76,27 +76,11 @@ def bucket_values(
     None and 0 differ on purpose: the anomaly baseline starts at the first
     bucket with usage (`baseline_samples`).
     """
-    where = [
-        "customer_id = {customer:String}",
-        "event_type = {event_type:String}",
-        "timestamp >= fromUnixTimestamp64Milli({origin:Int64}, 'UTC')",
-        "timestamp < fromUnixTimestamp64Milli({end:Int64}, 'UTC')",
-    ]
-    if metric.aggregation.needs_property:
-        where.append("mapContains(properties, {prop:String})")
-    sql = (
-        "SELECT intDiv(toUnixTimestamp64Milli(timestamp) - {origin:Int64}, {bucket:Int64}) AS b, "
-        f"{AGGREGATES[metric.aggregation]} FROM `{database}`.events FINAL "  # sql-ok
-        f"WHERE {' AND '.join(where)} GROUP BY b ORDER BY b"
-    )
-    parameters = {
-        "customer": customer_id,
-        "event_type": metric.event_type,
-        "origin": origin_ms,
-        "end": origin_ms + bucket_ms * buckets,
-        "bucket": bucket_ms,
-        "prop": metric.property or "",
-    }
+    bucket_of = "intDiv(toUnixTimestamp64Milli(timestamp) - {start:Int64}, {bucket:Int64})"
+    source = f"FROM `{database}`.events FINAL WHERE {metric_condition(metric, end_inclusive=False)}"  # sql-ok
+    sql = f"SELECT {bucket_of} AS b, {AGGREGATES[metric.aggregation]} {source} GROUP BY b ORDER BY b"  # sql-ok
+    end_ms = origin_ms + bucket_ms * buckets
+    parameters = {**metric_parameters(metric, customer_id, origin_ms, end_ms), "bucket": bucket_ms}
     values: list[float | None] = [None] * buckets
     for bucket, value in run_query(client, sql, parameters):
         values[bucket] = float(value)

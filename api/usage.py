@@ -57,6 +57,29 @@ def run_query(client: ClickHouseClient, sql: str, parameters: dict[str, Any]) ->
         raise ServiceUnavailable(f"usage store unavailable: {exc}") from exc
 
 
+def metric_condition(metric: Metric, end_inclusive: bool) -> str:
+    """The WHERE condition selecting one customer's events of `metric` from
+    {start} to {end} (Unix ms, bound by `metric_parameters`); fixed text only."""
+    condition = (
+        "customer_id = {customer:String} AND event_type = {event_type:String} "
+        "AND timestamp >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
+        f"AND timestamp {'<=' if end_inclusive else '<'} fromUnixTimestamp64Milli({{end:Int64}}, 'UTC')"  # sql-ok
+    )
+    if metric.aggregation.needs_property:
+        condition += " AND mapContains(properties, {prop:String})"
+    return condition
+
+
+def metric_parameters(metric: Metric, customer_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
+    return {
+        "customer": customer_id,
+        "event_type": metric.event_type,
+        "start": start_ms,
+        "end": end_ms,
+        "prop": metric.property or "",
+    }
+
+
 def query_usage(
     client: ClickHouseClient,
     database: str,
@@ -70,33 +93,13 @@ def query_usage(
     per value of that property (events without it under "(none)")."""
     if group_by is not None and not PROPERTY_NAME.fullmatch(group_by):
         raise ValueError("group_by must be a property name (letters, digits, '_', '.', ':', '-')")
-    where = [
-        "customer_id = {customer:String}",
-        "event_type = {event_type:String}",
-        "timestamp >= fromUnixTimestamp64Milli({start:Int64}, 'UTC')",
-        "timestamp <= fromUnixTimestamp64Milli({end:Int64}, 'UTC')",
-    ]
-    if metric.aggregation.needs_property:
-        where.append("mapContains(properties, {prop:String})")
-    parameters: dict[str, Any] = {
-        "customer": customer_id,
-        "event_type": metric.event_type,
-        "start": start_ms,
-        "end": end_ms,
-        "prop": metric.property or "",
-        "group": group_by or "",
-    }
+    parameters = {**metric_parameters(metric, customer_id, start_ms, end_ms), "group": group_by or ""}
     aggregate = AGGREGATES[metric.aggregation]
-    table = f"`{database}`.events FINAL"
-    condition = " AND ".join(where)
-    total = run_query(client, f"SELECT {aggregate} FROM {table} WHERE {condition}", parameters)  # sql-ok
+    source = f"FROM `{database}`.events FINAL WHERE {metric_condition(metric, end_inclusive=True)}"  # sql-ok
+    total = run_query(client, f"SELECT {aggregate} {source}", parameters)  # sql-ok
     value = to_decimal(total[0][0]) if total else Decimal(0)
     if group_by is None:
         return Usage(value)
-    rows = run_query(
-        client,
-        f"SELECT properties[{{group:String}}] AS g, {aggregate} FROM {table} "  # sql-ok
-        f"WHERE {condition} GROUP BY g ORDER BY g",
-        parameters,
-    )
+    grouped = f"SELECT properties[{{group:String}}] AS g, {aggregate} {source} GROUP BY g ORDER BY g"  # sql-ok
+    rows = run_query(client, grouped, parameters)
     return Usage(value, {(g if g != "" else MISSING_GROUP): to_decimal(v) for g, v in rows})
