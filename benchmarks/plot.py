@@ -35,6 +35,17 @@ def results(paths: list[Path]) -> dict[str, dict]:
     return found
 
 
+def save(fig, ax, title: str, name: str) -> Path:
+    """Common finish of every chart: zero-based y axis, title, legend, PNG."""
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{title}, all services on one box")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = IMAGES / name
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def plot_dataflow(data: dict) -> Path:
     rows = data["results"]
     # Each dataflow row follows the bare copy measured in the same system.
@@ -48,13 +59,7 @@ def plot_dataflow(data: dict) -> Path:
     ax.set_xlabel("Bytewax workers")
     ax.set_ylabel("events/s")
     ax.set_xticks(workers)
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"Dataflow throughput, {data['machine']['cores']} cores, all services on one box")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = IMAGES / "dataflow_workers.png"
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, ax, f"Dataflow throughput, {data['machine']['cores']} cores", "dataflow_workers.png")
 
 
 def plot_freshness(data: dict) -> Path:
@@ -66,13 +71,7 @@ def plot_freshness(data: dict) -> Path:
     ax.axhline(1000, color="grey", linestyle=":", label="target p99 1 s")
     ax.set_xlabel("load achieved through the API (events/s)")
     ax.set_ylabel("API 200 → counted in /v1/usage (ms)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"Freshness, {data['machine']['cores']} cores, all services on one box")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = IMAGES / "freshness_load.png"
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, ax, f"Freshness, {data['machine']['cores']} cores", "freshness_load.png")
 
 
 def main() -> int:
