@@ -64,10 +64,20 @@ class Settings:
     # JSON object {meterflow customer_id: Stripe customer id}; unmapped customers are
     # created in Stripe on their first live run (mapping kept in Redis `stripe:customers`)
     stripe_customer_map: str = ""
+    # Stripe webhook intake (POST /v1/stripe/webhook): the endpoint's signing secret
+    # (whsec_...); the route answers 503 while it is empty
+    stripe_webhook_secret: str = ""
+    # Billing operations (docs/billing.md): a period is closed this long after its end,
+    # so late events still reach its invoice; later ones become adjustments
+    billing_grace_hours: float = 48.0
+    billing_scheduler: bool = False  # `meterflow up` also starts the billing scheduler
+    billing_scheduler_interval_s: float = 300.0  # how often the scheduler looks for a closable period
+    invoice_url_expiry_s: int = 3600  # lifetime of the presigned PDF links of GET /v1/invoices/{id}
     # Webhooks: alerts POSTed here by `python -m meterflow.alert_webhook` (off when empty)
     alert_webhook_url: str = ""
     webhook_secret: str = ""  # HMAC-SHA256 signing key; unsigned when empty
     webhook_attempts: int = 5
+    webhook_first_backoff_s: float = 1.0  # doubled after each failed try, up to the max
     webhook_max_backoff_s: float = 30.0
     webhook_timeout_s: float = 10.0
     # Local native stack

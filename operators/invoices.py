@@ -25,6 +25,14 @@ class InvoiceLine:
     unit_price_display: str
     subtotal: Decimal  # rounded half-up to cents
     tiers: tuple[TierCharge, ...] = ()
+    # Set on adjustment lines: the id of the closed invoice whose period the
+    # late usage belongs to (quantity and subtotal are the change, may be < 0).
+    adjusts: str | None = None
+
+    @property
+    def line_key(self) -> str:
+        """Unique within an invoice: the metric, or the metric of the adjusted invoice."""
+        return self.metric_code if self.adjusts is None else f"adj:{self.adjusts}:{self.metric_code}"
 
 
 @dataclass(frozen=True, slots=True)
