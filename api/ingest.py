@@ -83,16 +83,15 @@ def ingest_events(clients: Clients, raw_events: list[Any], customer_id: str) -> 
     # a measurable share of the request's time) plus the event's position.
     prefix = uuid.uuid4().hex
     ingest_ids = [f"{prefix}-{i}" for i in range(len(fresh))]
+    # Every event of the request belongs to the key's customer (checked in
+    # _validate), so they share one Kafka key.
+    key = customer_id.encode()
+    topic = settings.topic_events
     producer = clients.producer
     outcomes = produce_confirmed(
         producer,
         [
-            OutgoingMessage(
-                topic=settings.topic_events,
-                value=event.to_json(),
-                key=event.customer_id.encode(),
-                headers=[(dedup.INGEST_ID_HEADER, ingest_id.encode())],
-            )
+            OutgoingMessage(topic, event.to_json(), key, [(dedup.INGEST_ID_HEADER, ingest_id.encode())])
             for event, ingest_id in zip(fresh, ingest_ids)
         ],
         timeout_s=settings.kafka_produce_timeout_s + 1,

@@ -51,7 +51,7 @@ def copy(settings: Settings, expected: int) -> dict[str, Any]:
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     copied = 0
-    started = time.monotonic()
+    started, started_cpu = time.monotonic(), time.process_time()
     with tqdm(total=expected, desc="baseline copy", unit="ev", unit_scale=True, file=sys.stderr) as bar:
         while copied < expected:
             messages = [m for m in consumer.consume(10000, 1.0) if m.error() is None]
@@ -69,9 +69,10 @@ def copy(settings: Settings, expected: int) -> dict[str, Any]:
             copied += len(events)
             bar.update(len(events))
     seconds = time.monotonic() - started
+    cpu = time.process_time() - started_cpu
     consumer.close()
     return {"pipeline": "baseline_copy", "events": copied, "seconds": round(seconds, 2),
-            "events_per_s": round(copied / seconds)}  # fmt: skip
+            "events_per_s": round(copied / seconds), "cpu_us_per_event": round(cpu * 1e6 / copied, 1)}  # fmt: skip
 
 
 def main() -> int:
@@ -82,7 +83,7 @@ def main() -> int:
         fill_topic(settings, args.events)
         result = copy(settings, args.events)
     report("baseline_copy", {"events": args.events, "partitions": settings.topic_partitions},
-           ["pipeline", "events", "seconds", "events_per_s"], [result])  # fmt: skip
+           ["pipeline", "events", "seconds", "events_per_s", "cpu_us_per_event"], [result])  # fmt: skip
     return 0
 
 

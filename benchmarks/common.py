@@ -79,6 +79,20 @@ def hot_frames(collapsed: Path, top: int = 25) -> list[tuple[float, str]]:
     return [(round(100 * n / samples, 1), frame) for frame, n in ranked[:top]] if samples else []
 
 
+def _cpu_ticks(pid: int) -> int:
+    proc = Path(f"/proc/{pid}")
+    # After the ")" that closes the command name: utime and stime are fields 14 and 15.
+    fields = (proc / "stat").read_text().rpartition(")")[2].split()
+    children = [int(c) for task in proc.glob("task/*/children") for c in task.read_text().split()]
+    return int(fields[11]) + int(fields[12]) + sum(_cpu_ticks(child) for child in children)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of the processes `pids` and their
+    children (uvicorn workers), all threads (Linux /proc)."""
+    return sum(_cpu_ticks(pid) for pid in pids) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]

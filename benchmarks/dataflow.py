@@ -12,6 +12,10 @@ snapshots) and time it until every event is a row in ClickHouse. With
 (`python -m flows.run -i K -a ...`, one worker each).
 "events/s" counts from the first stored row to the last (steady state);
 "with start" includes the process start and the storage checks.
+"cpu µs/event" is the dataflow processes' own CPU time (user + system, all
+threads, librdkafka's included) over the same steady-state span, divided by
+the events stored in it: unlike events/s it holds on a machine shared with
+other work, so it is the figure to compare changes by.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from baseline_copy import copy  # noqa: I001 - benchmarks run as scripts
-from common import Profiler, fill_topic, hot_frames, private_system, report
+from common import Profiler, cpu_seconds, fill_topic, hot_frames, private_system, report
 from meterflow.stack import free_port
 from meterflow.clients import clickhouse_client
 from meterflow.settings import Settings
@@ -52,7 +56,7 @@ def run_cluster(settings: Settings, expected: int, processes: int) -> dict[str, 
     started = time.monotonic()
     cluster = start_cluster(settings, processes)
     try:
-        return measure(settings, expected, f"dataflow p={processes} (-i/-a)", started)
+        return measure(settings, expected, f"dataflow p={processes} (-i/-a)", started, [p.pid for p in cluster])
     finally:
         for process in cluster:
             process.terminate()
@@ -64,7 +68,8 @@ def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | No
     started = time.monotonic()
     stack.start_service("dataflow")
     profiler = Profiler(stack.status()["dataflow"].pid, profile_to) if profile_to else None
-    row = measure(settings, expected, f"dataflow w={settings.flow_workers}", started)
+    pid = stack.status()["dataflow"].pid
+    row = measure(settings, expected, f"dataflow w={settings.flow_workers}", started, [pid])
     if profiler is not None:
         profiler.stop()
         for share, frame in hot_frames(profile_to):
@@ -72,8 +77,9 @@ def run_dataflow(stack, settings: Settings, expected: int, profile_to: Path | No
     return row
 
 
-def measure(settings: Settings, expected: int, label: str, started: float) -> dict[str, Any]:
-    """Waits until `expected` rows are stored; the figures of `label` since `started`."""
+def measure(settings: Settings, expected: int, label: str, started: float, pids: list[int]) -> dict[str, Any]:
+    """Waits until `expected` rows are stored; the figures of `label` since
+    `started`, and the CPU time the processes `pids` spent per stored event."""
     ch = clickhouse_client(settings)
     first_at = None
     count = 0
@@ -82,10 +88,11 @@ def measure(settings: Settings, expected: int, label: str, started: float) -> di
             time.sleep(0.2)
             now = stored(ch, settings)
             if now and first_at is None:
-                first_at, first_count = time.monotonic(), now
+                first_at, first_count, first_cpu = time.monotonic(), now, cpu_seconds(pids)
             bar.update(now - count)
             count = now
     done = time.monotonic()
+    cpu = cpu_seconds(pids) - first_cpu if first_at else cpu_seconds(pids)
     steady = done - first_at if first_at and done > first_at else done - started
     return {
         "pipeline": label,
@@ -93,6 +100,7 @@ def measure(settings: Settings, expected: int, label: str, started: float) -> di
         "seconds": round(done - started, 2),
         "events_per_s": round((expected - first_count) / steady) if first_at else round(expected / steady),
         "with_start_per_s": round(expected / (done - started)),
+        "cpu_us_per_event": round(cpu * 1e6 / ((expected - first_count) if first_at else expected), 1),
     }
 
 
@@ -125,7 +133,7 @@ def main() -> int:
         "dataflow",
         {"events": args.events, "partitions": settings.topic_partitions, "batch": settings.flow_batch_size,
          "broker_log": args.kafka_storage},
-        ["pipeline", "events", "seconds", "events_per_s", "with_start_per_s", "ratio_to_baseline"],
+        ["pipeline", "events", "seconds", "events_per_s", "with_start_per_s", "cpu_us_per_event", "ratio_to_baseline"],
         rows,
     )
     return 0

@@ -7,7 +7,9 @@ customer and key per client. The request bodies (unique transaction ids)
 are generated and serialised before the clock starts, then `--clients`
 threads post them as fast as the API answers, each with its own HTTP
 connection. Every request must answer 200 with all events accepted.
-Prints events/s over the whole run and per-request latency p50/p95/p99.
+Prints events/s over the whole run, per-request latency p50/p95/p99, and
+the API processes' CPU time per event (user + system, uvicorn workers
+included), the figure that holds on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import httpx
 import orjson
 from tqdm import tqdm
 
-from common import Profiler, hot_frames, make_event, percentile, private_system, report  # noqa: I001 - benchmarks run as scripts
+from common import Profiler, cpu_seconds, hot_frames, make_event, percentile, private_system, report  # noqa: I001 - benchmarks run as scripts
 
 
 def bodies_for(customer_id: str, count: int, batch: int) -> list[bytes]:
@@ -72,13 +74,15 @@ def main() -> int:
                             failures.append(f"{response.status_code} {response.text[:200]}")
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        profiler = Profiler(stack.status()["api"].pid, args.profile) if args.profile else None
-        started = time.perf_counter()
+        api_pid = stack.status()["api"].pid
+        profiler = Profiler(api_pid, args.profile) if args.profile else None
+        started, started_cpu = time.perf_counter(), cpu_seconds([api_pid])
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         seconds = time.perf_counter() - started
+        cpu = cpu_seconds([api_pid]) - started_cpu
         bar.close()
         if profiler is not None:
             profiler.stop()
@@ -99,6 +103,7 @@ def main() -> int:
         "p50_ms": round(statistics.median(ms), 1),
         "p95_ms": round(percentile(ms, 0.95), 1),
         "p99_ms": round(percentile(ms, 0.99), 1),
+        "cpu_us_per_event": round(cpu * 1e6 / events, 1),
     }
     report("ingest_api", {"batch": args.batch, "clients": args.clients, "api_workers": args.api_workers,
                           "partitions": settings.topic_partitions},

@@ -19,15 +19,16 @@ import time
 
 import bytewax.operators as op
 import structlog
-from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
+from confluent_kafka import Message
 
 from flows import metrics
 from flows.alert_sink import AlertSink
 from flows.clickhouse_sink import ClickHouseEventSink
 from flows.detectors import Observation, UsageDetector, combine_of, hourly_observations
 from flows.dlq_sink import DeadLetterSink
-from flows.messages import DeadLetter, IngestedEvent, ingest_id_of, produced_at_ms
+from flows.kafka_source import EventsSource
+from flows.messages import DeadLetter, EventBatch, ingest_id_of, produced_at_ms
 from flows.s3_sink import S3BackupSink
 from meterflow.clients import redis_client
 from meterflow.log import configure_logging
@@ -37,45 +38,53 @@ from meterflow.storage import ensure_all
 from operators import dedup
 from operators.alerts import Alert
 from operators.baselines import load_baselines
-from operators.events import InvalidEvent, decode_event
+from operators.events import InvalidEvent, UsageEvent, decode_event
 
 log = structlog.get_logger(__name__)
 
-RawItem = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError
 
-
-def decode_batch(batch: list[RawItem]) -> list[IngestedEvent | DeadLetter]:
-    """Turn Kafka messages into events or dead letters; consumer errors are logged."""
-    out: list[IngestedEvent | DeadLetter] = []
-    for msg in batch:
-        if isinstance(msg, KafkaError):
+def decode_batch(messages: list[Message]) -> list[EventBatch | DeadLetter]:
+    """One poll's messages as one EventBatch of the valid events (left out
+    when there are none) and a DeadLetter per invalid one; consumer errors
+    are logged."""
+    events: list[UsageEvent] = []
+    ingest_ids: list[str] = []
+    dead: list[DeadLetter] = []
+    read = None
+    for msg in messages:
+        if msg.error() is not None:
             # A consumer-side error (broker unreachable, ...), not a message:
             # librdkafka keeps retrying and the offset does not move.
-            log.warning("kafka_consumer_error", error=str(msg.err))
+            log.warning("kafka_consumer_error", error=str(msg.error()))
             metrics.CONSUMER_ERRORS.inc()
             continue
-        metrics.record_read(msg.topic, msg.partition, msg.offset)
+        read = msg
+        value = msg.value()
         try:
-            event = decode_event(msg.value, now_ms=produced_at_ms(msg))
+            events.append(decode_event(value, now_ms=produced_at_ms(msg)))
         except InvalidEvent as exc:
-            out.append(
+            dead.append(
                 DeadLetter(
                     reason=str(exc),
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    key=msg.key,
-                    value=msg.value,
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    key=msg.key(),
+                    value=value,
                 )
             )
             continue
-        out.append(IngestedEvent(event=event, ingest_id=ingest_id_of(msg)))
-    metrics.count_decoded(out)
-    return out
+        ingest_ids.append(ingest_id_of(msg))
+    if read is not None:
+        # One poll reads one partition: its last message is the position.
+        metrics.record_read(read.topic(), read.partition(), read.offset())
+    metrics.count_decoded(len(events), len(dead))
+    out: list[EventBatch | DeadLetter] = [EventBatch(events, ingest_ids)] if events else []
+    return out + dead
 
 
-def is_event(item: IngestedEvent | DeadLetter) -> bool:
-    return isinstance(item, IngestedEvent)
+def is_event_batch(item: EventBatch | DeadLetter) -> bool:
+    return isinstance(item, EventBatch)
 
 
 class Deduplicator:
@@ -85,23 +94,25 @@ class Deduplicator:
         self._settings = settings
         self._redis = redis_client(settings)
 
-    def __call__(self, batch: list[IngestedEvent]) -> list[IngestedEvent]:
-        pairs = [(item.event.customer_id, item.event.transaction_id, item.ingest_id) for item in batch]
+    def __call__(self, batch: EventBatch) -> EventBatch:
+        claims = [(e.customer_id, e.transaction_id, i) for e, i in zip(batch.events, batch.ingest_ids)]
         with metrics.DEDUP_SECONDS.time():
-            claims = retry_forever(
-                lambda: dedup.claim_many(self._redis, pairs, self._settings.dedup_ttl_s),
+            verdicts = retry_forever(
+                lambda: dedup.claim_many(self._redis, claims, self._settings.dedup_ttl_s),
                 what="redis_dedup",
                 max_backoff_s=self._settings.sink_retry_max_backoff_s,
             )
-        kept = [item for item, claim in zip(batch, claims) if claim.counts]
-        if len(kept) < len(batch):
-            log.info("duplicates_dropped", count=len(batch) - len(kept))
-            metrics.DUPLICATES_DROPPED.inc(len(batch) - len(kept))
+        counts = [verdict.counts for verdict in verdicts]
+        if all(counts):
+            return batch
+        kept = batch.keep(counts)
+        log.info("duplicates_dropped", count=len(batch) - len(kept))
+        metrics.DUPLICATES_DROPPED.inc(len(batch) - len(kept))
         return kept
 
 
-def keyed_observations(batch: list[IngestedEvent]) -> list[tuple[str, Observation]]:
-    return [(obs.key, obs) for obs in hourly_observations(item.event for item in batch)]
+def keyed_observations(batch: EventBatch) -> list[tuple[str, Observation]]:
+    return [(obs.key, obs) for obs in hourly_observations(batch.events)]
 
 
 class Detect:
@@ -130,25 +141,6 @@ class Detect:
         return detector, detector.observe(obs.timestamp, obs.value, int(time.time() * 1000), obs.events)
 
 
-def events_source(settings: Settings) -> KafkaSource:
-    return KafkaSource(
-        brokers=settings.kafka_bootstrap_servers.split(","),
-        topics=[settings.topic_events],
-        batch_size=settings.flow_batch_size,
-        # Consumer errors become items (logged in decode_batch) instead of
-        # crashing the worker; the partition keeps its offset.
-        raise_on_errors=False,
-        add_config={
-            # After a broker loses its log (in-memory Tansu restarted),
-            # re-read from the start rather than skip to the end.
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": "50",
-            # Notice a recreated topic (a restarted in-memory broker) quickly.
-            "topic.metadata.refresh.interval.ms": "2000",
-        },
-    )
-
-
 def build_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
@@ -157,18 +149,18 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     metrics.serve(settings)
 
     flow = Dataflow("meterflow_events")
-    raw = op.input("kafka_in", flow, events_source(settings))
-    # KafkaSourceMessage | KafkaError
-    decoded = op.flat_map_batch("decode", raw, decode_batch)
-    # IngestedEvent | DeadLetter
-    split = op.branch("split_valid", decoded, is_event)
+    raw = op.input("kafka_in", flow, EventsSource(settings))
+    # list[confluent_kafka.Message]: one poll of one partition
+    decoded = op.flat_map("decode", raw, decode_batch)
+    # EventBatch (the poll's valid events) | DeadLetter
+    split = op.branch("split_valid", decoded, is_event_batch)
     op.output("dlq_out", split.falses, DeadLetterSink(settings))
     # DeadLetter -> events.dlq
-    unique = op.flat_map_batch("dedup", split.trues, Deduplicator(settings))
-    # IngestedEvent: first copy of each transaction_id, or a replay of it
+    unique = op.map("dedup", split.trues, Deduplicator(settings))
+    # EventBatch: first copy of each transaction_id, or a replay of it
     op.output("clickhouse_out", unique, ClickHouseEventSink(settings))
     op.output("s3_out", unique, S3BackupSink(settings))
-    observations = op.flat_map_batch("observe", unique, keyed_observations)
+    observations = op.flat_map("observe", unique, keyed_observations)
     # ("customer/metric", Observation): a batch's events folded per hour
     alerts = op.stateful_flat_map("detect", observations, Detect(settings))
     # ("customer/metric", Alert)

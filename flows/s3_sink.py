@@ -16,7 +16,7 @@ import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows import metrics
-from flows.messages import IngestedEvent
+from flows.messages import EventBatch
 from meterflow.retry import retry_forever
 from meterflow.clients import s3_client
 from meterflow.settings import Settings
@@ -31,11 +31,12 @@ def day_prefix(timestamp_ms: int) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc).strftime("%Y/%m/%d")
 
 
-def backup_objects(items: list[IngestedEvent], now_ms: int) -> dict[str, bytes]:
-    """Group a batch by event day into {object key: NDJSON body}."""
+def backup_objects(batches: list[EventBatch], now_ms: int) -> dict[str, bytes]:
+    """Group batches by event day into {object key: NDJSON body}."""
     lines: dict[int, list[bytes]] = defaultdict(list)
-    for item in items:
-        lines[item.event.timestamp // DAY_MS].append(item.to_backup_json())
+    for batch in batches:
+        for timestamp, line in batch.backup_lines():
+            lines[timestamp // DAY_MS].append(line)
     suffix = f"{now_ms}_{secrets.token_hex(4)}"
     return {
         f"events/{day_prefix(day * DAY_MS)}/batch_{suffix}.ndjson": b"\n".join(day_lines) + b"\n"
@@ -43,7 +44,7 @@ def backup_objects(items: list[IngestedEvent], now_ms: int) -> dict[str, bytes]:
     }
 
 
-class _S3Partition(StatelessSinkPartition[IngestedEvent]):
+class _S3Partition(StatelessSinkPartition[EventBatch]):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client = s3_client(settings)
@@ -57,8 +58,8 @@ class _S3Partition(StatelessSinkPartition[IngestedEvent]):
             content_type="application/x-ndjson",
         )
 
-    def write_batch(self, items: list[IngestedEvent]) -> None:
-        if not items:
+    def write_batch(self, items: list[EventBatch]) -> None:
+        if not any(items):
             return
         with metrics.SINK_WRITE_SECONDS.labels(sink="s3").time():
             for key, body in backup_objects(items, int(time.time() * 1000)).items():
@@ -73,7 +74,7 @@ class _S3Partition(StatelessSinkPartition[IngestedEvent]):
                 log.debug("s3_backup_written", key=key, bytes=len(body))
 
 
-class S3BackupSink(DynamicSink[IngestedEvent]):
+class S3BackupSink(DynamicSink[EventBatch]):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 

@@ -4,15 +4,16 @@ The API validates events before they reach Kafka and the dataflow validates
 every Kafka message again (anything can be produced to the topic), so both
 call `validate_event` here. It is plain Python rather than a pydantic model
 because it runs once per event on the dataflow's hot path and must return a
-reason, not raise a stack of errors.
+reason, not raise a stack of errors. Each rule checks the common case
+first (an exact `str`, ASCII text, a plain `int`) and only works out which
+rule a value breaks when it breaks one.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import orjson
 
@@ -29,6 +30,9 @@ MAX_AGE_MS = 30 * 24 * 3600 * 1000
 PROPERTY_INT_MIN = -(2**63)
 PROPERTY_INT_MAX = 2**63 - 1
 
+# A valid identifier, length included, in one match: the fast path of _check_id.
+_VALID_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{ID_MAX_LEN}}}").fullmatch
+
 PropertyValue = str | int | float | bool
 
 
@@ -36,15 +40,19 @@ class InvalidEvent(ValueError):
     """An event that breaks a rule; the message is the reason shown to the caller."""
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One validated usage event; `timestamp` is Unix epoch milliseconds (UTC)."""
+class UsageEvent(NamedTuple):
+    """One validated usage event; `timestamp` is Unix epoch milliseconds (UTC).
+
+    A named tuple rather than a dataclass: the dataflow builds one per event,
+    a tuple is several times cheaper to build, and a batch of them turns
+    into ClickHouse's columns with one `zip(*events)`.
+    """
 
     transaction_id: str
     customer_id: str
     event_type: str
     timestamp: int
-    properties: dict[str, PropertyValue] = field(default_factory=dict)
+    properties: dict[str, PropertyValue] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +80,8 @@ def _is_unicode(text: str) -> bool:
 
 def _check_id(raw: Mapping[str, Any], name: str) -> str:
     value = raw.get(name)
+    if type(value) is str and _VALID_ID(value):
+        return value
     if not isinstance(value, str) or value == "":
         raise InvalidEvent(f"{name} is required and must be a non-empty string")
     if len(value) > ID_MAX_LEN:
@@ -83,6 +93,8 @@ def _check_id(raw: Mapping[str, Any], name: str) -> str:
 
 def _check_event_type(raw: Mapping[str, Any]) -> str:
     value = raw.get("event_type")
+    if type(value) is str and 0 < len(value) <= EVENT_TYPE_MAX_LEN and value.isprintable():
+        return value
     if not isinstance(value, str) or value == "":
         raise InvalidEvent("event_type is required and must be a non-empty string")
     if len(value) > EVENT_TYPE_MAX_LEN:
@@ -94,17 +106,41 @@ def _check_event_type(raw: Mapping[str, Any]) -> str:
 
 def _check_timestamp(raw: Mapping[str, Any], now_ms: int) -> int:
     value = raw.get("timestamp")
+    if type(value) is int:
+        ts = value
     # bool is an int subclass; True is not a timestamp.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent("timestamp is required and must be a number (Unix epoch milliseconds)")
-    if isinstance(value, float) and not math.isfinite(value):
+    elif isinstance(value, float) and not math.isfinite(value):
         raise InvalidEvent("timestamp must be a finite number")
-    ts = int(value)
+    else:
+        ts = int(value)
     if ts > now_ms + MAX_FUTURE_MS:
         raise InvalidEvent("timestamp is more than 5 minutes in the future")
     if ts < now_ms - MAX_AGE_MS:
         raise InvalidEvent("timestamp is older than 30 days")
     return ts
+
+
+def _check_property(key: Any, item: Any) -> None:
+    """Every rule for one property; raises the reason of the first it breaks."""
+    if not isinstance(key, str) or key == "" or len(key) > PROPERTY_KEY_MAX_LEN:
+        raise InvalidEvent(f"property names must be 1-{PROPERTY_KEY_MAX_LEN} characters")
+    if not _is_unicode(key):
+        raise InvalidEvent("property names must be valid Unicode (no lone surrogates)")
+    if isinstance(item, str):
+        if len(item) > PROPERTY_STRING_MAX_LEN:
+            raise InvalidEvent(f"property '{key}' is longer than {PROPERTY_STRING_MAX_LEN} characters")
+        if not _is_unicode(item):
+            raise InvalidEvent(f"property '{key}' must be valid Unicode (no lone surrogates)")
+    elif isinstance(item, float):
+        if not math.isfinite(item):
+            raise InvalidEvent(f"property '{key}' must be a finite number")
+    elif isinstance(item, int):  # bools too: True and False are in range
+        if not PROPERTY_INT_MIN <= item <= PROPERTY_INT_MAX:
+            raise InvalidEvent(f"property '{key}' is an integer outside the signed 64-bit range")
+    else:
+        raise InvalidEvent(f"property '{key}' must be a string, number or boolean")
 
 
 def _check_properties(raw: Mapping[str, Any]) -> dict[str, PropertyValue]:
@@ -116,25 +152,21 @@ def _check_properties(raw: Mapping[str, Any]) -> dict[str, PropertyValue]:
     if len(value) > PROPERTIES_MAX_COUNT:
         raise InvalidEvent(f"properties has more than {PROPERTIES_MAX_COUNT} keys")
     for key, item in value.items():
-        if not isinstance(key, str) or key == "" or len(key) > PROPERTY_KEY_MAX_LEN:
-            raise InvalidEvent(f"property names must be 1-{PROPERTY_KEY_MAX_LEN} characters")
-        if not _is_unicode(key):
-            raise InvalidEvent("property names must be valid Unicode (no lone surrogates)")
-        if isinstance(item, str):
-            if len(item) > PROPERTY_STRING_MAX_LEN:
-                raise InvalidEvent(
-                    f"property '{key}' is longer than {PROPERTY_STRING_MAX_LEN} characters"
-                )
-            if not _is_unicode(item):
-                raise InvalidEvent(f"property '{key}' must be valid Unicode (no lone surrogates)")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise InvalidEvent(f"property '{key}' must be a finite number")
-        elif isinstance(item, int):  # bools too: True and False are in range
-            if not PROPERTY_INT_MIN <= item <= PROPERTY_INT_MAX:
-                raise InvalidEvent(f"property '{key}' is an integer outside the signed 64-bit range")
-        else:
-            raise InvalidEvent(f"property '{key}' must be a string, number or boolean")
+        # The common cases pass here; anything else gets every rule.
+        if type(key) is str and 0 < len(key) <= PROPERTY_KEY_MAX_LEN and key.isascii():
+            kind = type(item)
+            if kind is str:
+                if len(item) <= PROPERTY_STRING_MAX_LEN and item.isascii():
+                    continue
+            elif kind is int:
+                if PROPERTY_INT_MIN <= item <= PROPERTY_INT_MAX:
+                    continue
+            elif kind is float:
+                if math.isfinite(item):
+                    continue
+            elif kind is bool:
+                continue
+        _check_property(key, item)
     return value
 
 
@@ -147,13 +179,14 @@ def validate_event(raw: Any, now_ms: int) -> UsageEvent:
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("event must be a JSON object")
-    return UsageEvent(
-        transaction_id=_check_id(raw, "transaction_id"),
-        customer_id=_check_id(raw, "customer_id"),
-        event_type=_check_event_type(raw),
-        timestamp=_check_timestamp(raw, now_ms),
-        properties=_check_properties(raw),
-    )
+    # _make: a tuple in field order, half the cost of the keyword constructor.
+    return UsageEvent._make((
+        _check_id(raw, "transaction_id"),
+        _check_id(raw, "customer_id"),
+        _check_event_type(raw),
+        _check_timestamp(raw, now_ms),
+        _check_properties(raw),
+    ))  # fmt: skip
 
 
 def transaction_id_of(raw: Any) -> str:

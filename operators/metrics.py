@@ -55,28 +55,59 @@ DETECTOR_COMBINE: dict[Aggregation, str] = {
 }
 
 
-def observe(event_type: str, properties: dict, catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> list[tuple[str, float]]:
+# What one event of a type contributes to the detectors: (metric code,
+# property) per watched metric, the property None for COUNT.
+ObservedMetrics = tuple[tuple[str, str | None], ...]
+
+
+def observed_metrics(catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> dict[str, ObservedMetrics]:
+    """event_type -> the metrics of `catalog` the detectors follow for it.
+
+    Built once per catalog, so an event looks up its few metrics by type
+    instead of going through the whole catalog.
+    """
+    index: dict[str, list[tuple[str, str | None]]] = {}
+    for metric in catalog:
+        if metric.aggregation in DETECTOR_COMBINE:
+            prop = None if metric.aggregation is Aggregation.COUNT else metric.property
+            index.setdefault(metric.event_type, []).append((metric.code, prop))
+    return {event_type: tuple(metrics) for event_type, metrics in index.items()}
+
+
+DEFAULT_OBSERVED = observed_metrics()
+
+
+def numeric_value(value: object) -> float | None:
+    """A property's value as a metric counts it: numbers and numeric strings;
+    None for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def observe(
+    event_type: str, properties: dict, observed: dict[str, ObservedMetrics] = DEFAULT_OBSERVED
+) -> list[tuple[str, float]]:
     """The (metric code, value) pairs one event contributes to the detectors.
 
     COUNT contributes 1; SUM and MAX the numeric value of their property
     (events without it, or with a non-numeric one, contribute nothing);
     other aggregations are not observed (see DETECTOR_COMBINE).
+    `observed` is `observed_metrics(catalog)`.
     """
     out: list[tuple[str, float]] = []
-    for metric in catalog:
-        if metric.event_type != event_type or metric.aggregation not in DETECTOR_COMBINE:
+    for code, prop in observed.get(event_type, ()):
+        if prop is None:
+            out.append((code, 1.0))
             continue
-        if metric.aggregation is Aggregation.COUNT:
-            out.append((metric.code, 1.0))
-            continue
-        value = properties.get(metric.property)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)):
-            out.append((metric.code, float(value)))
-        elif isinstance(value, str):
-            try:
-                out.append((metric.code, float(value)))
-            except ValueError:
-                continue
+        value = numeric_value(properties.get(prop))
+        if value is not None:
+            out.append((code, value))
     return out

@@ -1,5 +1,6 @@
 """The streaming detector driven directly, without Bytewax or services."""
 
+import copy
 import pickle
 from datetime import datetime, timezone
 
@@ -77,6 +78,26 @@ def test_late_events_of_closed_days_are_ignored_and_state_pickles():
     assert detector.observe(START_DAY * DAY_MS, 1.0, now_ms=0) == []
     assert detector.late_events == 1
     restored = pickle.loads(pickle.dumps(detector))
+    assert restored == detector
+
+
+def test_a_snapshot_copy_is_equal_and_independent():
+    detector = UsageDetector("acme", "api_calls")
+    business_history(detector)
+    hours, samples = list(detector.hours), detector.hour_stats[9].count
+    copied = copy.deepcopy(detector)
+    assert copied == detector and len(copied.baselines) == 7
+    feed(detector, START_DAY + 21, [9, 10])
+    assert copied != detector
+    assert copied.hours == hours and copied.hour_stats[9].count == samples
+
+
+def test_a_snapshot_of_the_older_state_form_still_restores():
+    """Snapshots taken before the compact state pickled the plain `__dict__`."""
+    detector = UsageDetector("acme", "api_calls")
+    business_history(detector, days=8)
+    restored = UsageDetector.__new__(UsageDetector)
+    restored.__setstate__(dict(vars(detector)))
     assert restored == detector
 
 

@@ -7,7 +7,7 @@ from flows.events import decode_batch
 from tests.flows.test_steps import message, valid_json
 
 
-def test_the_next_offset_is_the_one_after_the_last_message_read():
+def test_the_next_offset_is_the_one_after_the_last_message_of_a_poll():
     decode_batch([message(valid_json("tx-a"), offset=40), message(b"{broken", offset=41)])
     assert metrics.read_positions()[("events.raw", 2)] == 42  # dead letters move it too
 

@@ -1,12 +1,11 @@
 """The dataflow's pure steps, driven without Bytewax or services."""
 
 import orjson
-from bytewax.connectors.kafka import KafkaSourceMessage
-from confluent_kafka import TIMESTAMP_CREATE_TIME
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
 
 from flows.clickhouse_sink import event_columns
 from flows.events import decode_batch
-from flows.messages import DeadLetter, IngestedEvent
+from flows.messages import DeadLetter, EventBatch
 from meterflow.retry import retry_forever
 from flows.s3_sink import backup_objects
 from operators.dedup import INGEST_ID_HEADER
@@ -15,12 +14,12 @@ from operators.events import UsageEvent
 NOW = 1_760_000_000_000  # 2025-10-09T08:53:20Z
 
 
-def message(value: bytes, offset: int = 7, headers=None, ts: int = NOW) -> KafkaSourceMessage:
-    return KafkaSourceMessage(
+def message(value: bytes, offset: int = 7, headers=None, ts: int = NOW) -> Message:
+    return Message(
         key=b"cust-1",
         value=value,
         topic="events.raw",
-        headers=headers or [],
+        headers=headers,
         partition=2,
         offset=offset,
         timestamp=(TIMESTAMP_CREATE_TIME, ts),
@@ -35,16 +34,26 @@ def valid_json(tid: str = "tx-1", ts: int = NOW) -> bytes:
 
 def test_decode_keeps_valid_events_with_their_ingest_id():
     out = decode_batch([message(valid_json(), headers=[(INGEST_ID_HEADER, b"abc123")])])
-    assert out == [
-        IngestedEvent(
-            event=UsageEvent("tx-1", "cust-1", "api_request", NOW, {}), ingest_id="abc123"
-        )
-    ]
+    assert out == [EventBatch([UsageEvent("tx-1", "cust-1", "api_request", NOW, {})], ["abc123"])]
 
 
 def test_message_without_header_is_identified_by_its_position():
-    (item,) = decode_batch([message(valid_json(), offset=41)])
-    assert item.ingest_id == "events.raw:2:41"
+    (batch,) = decode_batch([message(valid_json(), offset=41)])
+    assert batch.ingest_ids == ["events.raw:2:41"]
+
+
+def test_a_poll_is_one_batch_of_its_valid_events_and_a_dead_letter_per_invalid_one():
+    polled = [message(valid_json("tx-a"), offset=1), message(b"{broken", offset=2), message(valid_json("tx-b"), offset=3)]
+    batch, dead = decode_batch(polled)
+    assert [e.transaction_id for e in batch.events] == ["tx-a", "tx-b"]
+    assert batch.ingest_ids == ["events.raw:2:1", "events.raw:2:3"]
+    assert isinstance(dead, DeadLetter) and dead.offset == 2
+
+
+def test_consumer_errors_are_skipped_not_dead_lettered():
+    error = Message(error=KafkaError(KafkaError._TRANSPORT))
+    (batch,) = decode_batch([error, message(valid_json())])
+    assert len(batch) == 1
 
 
 def test_bad_messages_become_dead_letters_with_reason_and_position():
@@ -66,36 +75,47 @@ def test_validation_is_relative_to_the_produce_time_not_the_wall_clock():
     # An event that was fresh when produced stays valid when replayed much later.
     old = NOW - 40 * 24 * 3600 * 1000
     (item,) = decode_batch([message(valid_json(ts=old), ts=old + 1000)])
-    assert isinstance(item, IngestedEvent)
+    assert isinstance(item, EventBatch)
 
 
 def test_backup_objects_split_a_batch_by_event_day():
     day2 = NOW + 24 * 3600 * 1000
-    items = [
-        IngestedEvent(UsageEvent("a", "c", "api_request", NOW, {}), "i1"),
-        IngestedEvent(UsageEvent("b", "c", "api_request", day2, {"bytes": 3}), "i2"),
-        IngestedEvent(UsageEvent("c", "c", "api_request", NOW, {}), "i3"),
-    ]
-    objects = backup_objects(items, now_ms=123)
+    batches = [
+        EventBatch([UsageEvent("a", "c", "api_request", NOW, {}), UsageEvent("b", "c", "api_request", day2, {"bytes": 3})],
+                   ["i1", "i2"]),
+        EventBatch([UsageEvent("c", "c", "api_request", NOW, {})], ["i3"]),
+    ]  # fmt: skip
+    objects = backup_objects(batches, now_ms=123)
     assert sorted(k.rsplit("/", 1)[0] for k in objects) == ["events/2025/10/09", "events/2025/10/10"]
     for key, body in objects.items():
         assert key.split("/")[-1].startswith("batch_123_") and key.endswith(".ndjson")
         lines = [orjson.loads(line) for line in body.splitlines()]
         assert all("ingest_id" in line for line in lines)
     day1 = next(body for key, body in objects.items() if "/10/09/" in key)
-    assert [orjson.loads(line)["transaction_id"] for line in day1.splitlines()] == ["a", "c"]
+    assert [orjson.loads(line) for line in day1.splitlines()] == [
+        {"transaction_id": "a", "customer_id": "c", "event_type": "api_request", "timestamp": NOW, "properties": {},
+         "ingest_id": "i1"},
+        {"transaction_id": "c", "customer_id": "c", "event_type": "api_request", "timestamp": NOW, "properties": {},
+         "ingest_id": "i3"},
+    ]  # fmt: skip
+
+
+def test_a_batch_keeps_the_flagged_events_with_their_ingest_ids():
+    batch = EventBatch([UsageEvent(t, "c", "api_request", NOW, {}) for t in "abc"], ["i1", "i2", "i3"])
+    kept = batch.keep([True, False, True])
+    assert [e.transaction_id for e in kept.events] == ["a", "c"] and kept.ingest_ids == ["i1", "i3"]
 
 
 def test_event_columns_keep_property_values_exact():
-    items = [
-        IngestedEvent(
-            UsageEvent("a", "c", "api_request", NOW, {"bytes": 10, "ok": True, "r": 0.1, "s": "x"}),
-            "i",
-        )
+    batches = [
+        EventBatch([UsageEvent("a", "c", "api_request", NOW, {"bytes": 10, "ok": True, "r": 0.1, "s": "x"})], ["i"]),
+        EventBatch([UsageEvent("b", "d", "storage", NOW + 1)], ["j"]),
     ]
-    tids, customers, types, stamps, props = event_columns(items)
-    assert (tids, customers, types, stamps) == (["a"], ["c"], ["api_request"], [NOW])
-    assert props == [{"bytes": "10", "ok": "true", "r": "0.1", "s": "x"}]
+    tids, customers, types, stamps, props = event_columns(batches)
+    assert (list(tids), list(customers), list(types), list(stamps)) == (
+        ["a", "b"], ["c", "d"], ["api_request", "storage"], [NOW, NOW + 1]
+    )  # fmt: skip
+    assert props == [{"bytes": "10", "ok": "true", "r": "0.1", "s": "x"}, {}]
 
 
 def test_retry_forever_retries_until_success_with_capped_backoff():
