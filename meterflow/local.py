@@ -14,7 +14,8 @@ from meterflow.settings import Settings
 from meterflow.stack import Stack, StackConfig
 
 DATAFLOW_ARGV = [sys.executable, "-m", "flows.run"]
-ALERT_WEBHOOK_ARGV = [sys.executable, "-m", "meterflow.alert_webhook"]
+WEBHOOKS_ARGV = [sys.executable, "-m", "meterflow.webhook_worker"]
+BILLING_SCHEDULER_ARGV = [sys.executable, "-m", "meterflow.cli", "billing", "schedule"]
 # uvicorn with host, port and workers from the environment (settings.as_env())
 API_ARGV = [sys.executable, "-m", "api.serve"]
 
@@ -35,8 +36,8 @@ def local_stack(config: StackConfig, settings: Settings) -> Stack:
     stack = Stack(config)
     env = {**os.environ, **settings.as_env()}
     stack.add_process("dataflow", DATAFLOW_ARGV, env=env)
-    if settings.alert_webhook_url:
-        stack.add_process("alert-webhook", ALERT_WEBHOOK_ARGV, env=env)
+    # Always: customers' endpoints need it whether or not ALERT_WEBHOOK_URL is set.
+    stack.add_process("webhooks", WEBHOOKS_ARGV, env=env)
     stack.add_process(
         "api",
         API_ARGV,
@@ -44,4 +45,6 @@ def local_stack(config: StackConfig, settings: Settings) -> Stack:
         health=http_ok(f"http://{settings.api_host}:{settings.api_port}/health"),
         port=settings.api_port,
     )
+    if settings.billing_scheduler:
+        stack.add_process("billing", BILLING_SCHEDULER_ARGV, env=env)
     return stack

@@ -1,4 +1,4 @@
-"""Signed webhook delivery with retries, backoff and dead letters.
+"""Signed webhook attempts, the retry policy, and dead letters.
 
 A receiver can trust and deduplicate what it gets:
 
@@ -12,20 +12,28 @@ Retries: connection errors, timeouts, 408, 429 and 5xx are retried with
 exponential backoff up to `attempts` tries; any other answer is final. An
 event that was never accepted is kept as a dead letter (Redis list
 `webhook:dead`, newest first), never dropped silently.
+
+`attempt` (one POST, classified) and `RetryPolicy.retry_after` (what to do
+next) are the whole delivery logic: the outbox worker
+(meterflow.webhook_outbox) runs one attempt per claim and leaves the
+waiting to its schedule, so no sender ever sleeps on one endpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 import orjson
 import redis
 import structlog
+
+from meterflow.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -44,11 +52,43 @@ class WebhookEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one POST."""
+
+    delivered: bool
+    retriable: bool  # worth another try (connection error, timeout, 408, 429, 5xx)
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     delivered: bool
     attempts: int
     status: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetryPolicy":
+        return cls(settings.webhook_attempts, settings.webhook_first_backoff_s, settings.webhook_max_backoff_s)
+
+    def backoff_s(self, attempt: int) -> float:
+        """The wait after failed try number `attempt` (1-based): doubling, capped."""
+        return min(self.first_backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+
+    def retry_after(self, attempt: int, outcome: Attempt) -> float | None:
+        """Seconds until the next try after try number `attempt`, or None when
+        `outcome` is final: delivered, refused for good, or the last try."""
+        if outcome.delivered or not outcome.retriable or attempt >= self.attempts:
+            return None
+        return self.backoff_s(attempt)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -68,52 +108,58 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300, now: f
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
-def _retriable(status: int) -> bool:
-    return status >= 500 or status in RETRIABLE_STATUS
+def non_public_address(host: str) -> str | None:
+    """An address `host` resolves to that is not public (loopback, private,
+    link-local such as cloud metadata, reserved), or None. A customer's
+    endpoint must not make MeterFlow POST into its own network. A name that
+    does not resolve is None here: the delivery then fails and is retried."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not address.is_global:
+            return str(address)
+    return None
 
 
-def deliver(
-    client: httpx.Client,
+def attempt(client: httpx.Client, url: str, event: WebhookEvent, secret: str = "") -> Attempt:
+    """POST `event` to `url` once, freshly signed (unsigned when `secret` is empty).
+
+    The response body is never read: only the status counts, and a receiver
+    must not be able to make the sender buffer an endless answer.
+    """
+    headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event.event_id, EVENT_TYPE_HEADER: event.event_type}
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(secret, int(time.time()), event.body)
+    try:
+        with client.stream("POST", url, content=event.body, headers=headers) as response:
+            status = response.status_code
+    except httpx.InvalidURL as exc:  # no later try can fix the address
+        return Attempt(False, False, None, f"InvalidURL: {exc}")
+    except httpx.HTTPError as exc:
+        return Attempt(False, True, None, f"{type(exc).__name__}: {exc}")
+    if 200 <= status < 300:
+        return Attempt(True, False, status)
+    return Attempt(False, status >= 500 or status in RETRIABLE_STATUS, status, f"HTTP {status}")
+
+
+def dead_letter(
+    client: redis.Redis,
     url: str,
     event: WebhookEvent,
-    secret: str = "",
-    attempts: int = 5,
-    first_backoff_s: float = 0.5,
-    max_backoff_s: float = 30.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> DeliveryResult:
-    """POST `event` to `url` until a 2xx, a final refusal or `attempts` tries."""
-    backoff = first_backoff_s
-    result = DeliveryResult(False, 0)
-    for attempt in range(1, attempts + 1):
-        headers = {
-            "Content-Type": "application/json",
-            EVENT_ID_HEADER: event.event_id,
-            EVENT_TYPE_HEADER: event.event_type,
-        }
-        if secret:
-            headers[SIGNATURE_HEADER] = sign(secret, int(time.time()), event.body)
-        try:
-            response = client.post(url, content=event.body, headers=headers)
-        except httpx.HTTPError as exc:
-            result = DeliveryResult(False, attempt, None, f"{type(exc).__name__}: {exc}")
-        else:
-            if 200 <= response.status_code < 300:
-                return DeliveryResult(True, attempt, response.status_code)
-            result = DeliveryResult(False, attempt, response.status_code, f"HTTP {response.status_code}")
-            if not _retriable(response.status_code):
-                break
-        if attempt < attempts:
-            log.warning("webhook_retry", event_id=event.event_id, attempt=attempt, error=result.error)
-            sleep(backoff)
-            backoff = min(backoff * 2, max_backoff_s)
-    return result
-
-
-def dead_letter(client: redis.Redis, url: str, event: WebhookEvent, result: DeliveryResult) -> None:
+    result: DeliveryResult,
+    endpoint_id: str,
+    customer_id: str,
+) -> None:
+    """Keep an event no try got accepted. `client` may be a pipeline, so the
+    letter can be written in one transaction with the delivery's final state."""
     record = {
         "event_id": event.event_id,
         "event_type": event.event_type,
+        "endpoint_id": endpoint_id,
+        "customer_id": customer_id,
         "url": url,
         "attempts": result.attempts,
         "status": result.status,
@@ -122,4 +168,11 @@ def dead_letter(client: redis.Redis, url: str, event: WebhookEvent, result: Deli
         "body": event.body.decode(),
     }
     client.lpush(DEAD_LETTERS_KEY, orjson.dumps(record))
-    log.error("webhook_dead_letter", event_id=event.event_id, url=url, attempts=result.attempts, error=result.error)
+    log.error(
+        "webhook_dead_letter",
+        event_id=event.event_id,
+        endpoint_id=endpoint_id,
+        url=url,
+        attempts=result.attempts,
+        error=result.error,
+    )
