@@ -87,11 +87,18 @@ class BillingRun:
     replayed: bool = False  # the recorded result of an earlier run: nothing was sent now
 
 
-def run_billing(clients: Clients, customer_id: str, start_ms: int, end_ms: int) -> BillingRun:
+def run_billing(
+    clients: Clients, customer_id: str, start_ms: int, end_ms: int, invoice: Invoice | None = None
+) -> BillingRun:
+    """Bill the period: a dry run without a Stripe key, else live. The invoice
+    billed is `invoice` (the billing job passes its stored, finalized one) or
+    else the period's usage as computed now (POST /v1/billing/run); either way
+    a period already recorded is replayed or resumed with the invoice it
+    recorded."""
     try:
         if clients.settings.stripe_api_key:
-            return _live_run(clients, customer_id, start_ms, end_ms)
-        return _dry_run(clients, customer_id, start_ms, end_ms)
+            return _live_run(clients, customer_id, start_ms, end_ms, invoice)
+        return _dry_run(clients, invoice or calculate_invoice(clients, customer_id, start_ms, end_ms))
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"billing store unavailable: {exc}") from exc
 
@@ -100,7 +107,7 @@ def _render(invoice: Invoice) -> dict[str, Any]:
     return invoice_out(invoice).model_dump(mode="json")
 
 
-def _mapped_customer(clients: Clients, customer_id: str) -> str | None:
+def mapped_customer(clients: Clients, customer_id: str) -> str | None:
     """The Stripe customer of `customer_id`: configured (`STRIPE_CUSTOMER_MAP`)
     first, else the one a live run created (Redis `stripe:customers`)."""
     configured = parse_customer_map(clients.settings.stripe_customer_map).get(customer_id)
@@ -110,9 +117,8 @@ def _mapped_customer(clients: Clients, customer_id: str) -> str | None:
     return stored.decode() if stored else None
 
 
-def _dry_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int) -> BillingRun:
-    invoice = calculate_invoice(clients, customer_id, start_ms, end_ms)
-    customer = _mapped_customer(clients, customer_id)
+def _dry_run(clients: Clients, invoice: Invoice) -> BillingRun:
+    customer = mapped_customer(clients, invoice.customer_id)
     plan = plan_billing(invoice, customer or CUSTOMER_REF)
     status = "dry_run" if plan.operations else "no_usage"
     return BillingRun(_render(invoice), "dry_run", plan, customer, None, status)
@@ -151,7 +157,7 @@ class _Progress:
         )
 
 
-def _stripe_client(clients: Clients) -> stripe.StripeClient:
+def stripe_client(clients: Clients) -> stripe.StripeClient:
     settings = clients.settings
     return stripe.StripeClient(
         settings.stripe_api_key,
@@ -160,7 +166,7 @@ def _stripe_client(clients: Clients) -> stripe.StripeClient:
     )
 
 
-def _stripe_call(what: str, call: Callable[[], T]) -> T:
+def stripe_call(what: str, call: Callable[[], T]) -> T:
     """`call()` with Stripe's failures turned into API errors: transient ones
     (network, 5xx, rate limit; the SDK has already retried them) into 503, so
     the caller runs again and resumes; refusals (invalid request, card, auth)
@@ -178,10 +184,10 @@ def _stripe_call(what: str, call: Callable[[], T]) -> T:
 
 
 def _ensure_customer(clients: Clients, client: stripe.StripeClient, customer_id: str) -> str:
-    known = _mapped_customer(clients, customer_id)
+    known = mapped_customer(clients, customer_id)
     if known:
         return known
-    created = _stripe_call(
+    created = stripe_call(
         "stripe.customers.create",
         lambda: client.v1.customers.create(
             {"description": f"MeterFlow customer {customer_id}", "metadata": {"meterflow_customer_id": customer_id}},
@@ -222,7 +228,7 @@ def _reconcile(client: stripe.StripeClient, progress: _Progress, plan: BillingPl
         if op.action == CREATE_INVOICE_ITEM and not progress.done(op.step)
     }
     if pending:
-        items = _stripe_call(
+        items = stripe_call(
             "stripe.invoiceItems.list", lambda: client.v1.invoice_items.list({"invoice": invoice_id, "limit": 100})
         )
         for item in items.auto_paging_iter():
@@ -230,18 +236,18 @@ def _reconcile(client: stripe.StripeClient, progress: _Progress, plan: BillingPl
             if step:
                 progress.save_step(step, item.id)
     if not progress.done(STEP_FINALIZE):
-        invoice = _stripe_call("stripe.invoices.retrieve", lambda: client.v1.invoices.retrieve(invoice_id))
+        invoice = stripe_call("stripe.invoices.retrieve", lambda: client.v1.invoices.retrieve(invoice_id))
         if invoice.status != "draft":
             progress.save_step(STEP_FINALIZE, invoice_id)
 
 
-def _live_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int) -> BillingRun:
+def _live_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int, invoice: Invoice | None) -> BillingRun:
     run_key = billing_key(customer_id, start_ms, end_ms)
     lock = clients.redis.lock(f"{RECORD_PREFIX}{run_key}:lock", timeout=LOCK_TIMEOUT_S, blocking=False)
     if not lock.acquire():
         raise HTTPException(409, "a billing run for this customer and period is in progress; try again when it ends")
     try:
-        return _run_locked(clients, customer_id, start_ms, end_ms, run_key)
+        return _run_locked(clients, customer_id, start_ms, end_ms, run_key, invoice)
     finally:
         try:
             lock.release()
@@ -249,19 +255,21 @@ def _live_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int) ->
             log.warning("billing_lock_expired_during_run", run_key=run_key)
 
 
-def _run_locked(clients: Clients, customer_id: str, start_ms: int, end_ms: int, run_key: str) -> BillingRun:
+def _run_locked(
+    clients: Clients, customer_id: str, start_ms: int, end_ms: int, run_key: str, invoice: Invoice | None
+) -> BillingRun:
     progress = _Progress(clients.redis, run_key)
     if progress.fields.get("status") == "sent":
         log.info("billing_run_replayed", run_key=run_key)
         return progress.result(replayed=True)
-    client = _stripe_client(clients)
+    client = stripe_client(clients)
     if progress.fields:  # interrupted earlier: resume the recorded plan
         plan = BillingPlan.from_json(progress.fields["plan"])
         customer, invoice_json = progress.fields["stripe_customer_id"], progress.fields["invoice"]
         _reconcile(client, progress, plan)
         log.info("billing_run_resumed", run_key=run_key)
     else:
-        invoice = calculate_invoice(clients, customer_id, start_ms, end_ms)
+        invoice = invoice or calculate_invoice(clients, customer_id, start_ms, end_ms)
         if not invoice.lines:
             return BillingRun(_render(invoice), "live", plan_billing(invoice, CUSTOMER_REF), None, None, "no_usage")
         customer = _ensure_customer(clients, client, customer_id)
@@ -272,7 +280,7 @@ def _run_locked(clients: Clients, customer_id: str, start_ms: int, end_ms: int, 
         if progress.done(op.step):
             continue
         payload = resolve(op.payload, refs)
-        result = _stripe_call(f"{op.action} ({op.step})", partial(_send, client, op, payload))
+        result = stripe_call(f"{op.action} ({op.step})", partial(_send, client, op, payload))
         log.info("billing_step_sent", run_key=run_key, step=op.step, stripe_id=result.id)
         if op.step == STEP_INVOICE:
             refs[INVOICE_REF] = result.id

@@ -12,11 +12,12 @@ import structlog
 from clickhouse_connect.driver.client import Client as ClickHouseClient
 from confluent_kafka import Producer
 from fastapi import Depends, Header, HTTPException, Request
+from minio import Minio
 
 from api import keys, metrics
 from api.errors import ServiceUnavailable
 from api.ratelimit import RateLimiter
-from meterflow.clients import clickhouse_client, kafka_producer, redis_client
+from meterflow.clients import clickhouse_client, kafka_producer, redis_client, s3_client
 from meterflow.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -29,6 +30,7 @@ class Clients:
     settings: Settings
     redis: redis.Redis
     rate_limiter: RateLimiter
+    s3: Minio  # makes no connection until used
     _producer: Producer
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _clickhouse: ClickHouseClient | None = None
@@ -42,6 +44,7 @@ class Clients:
             rate_limiter=RateLimiter(
                 redis_conn, settings.rate_limit_requests, settings.rate_limit_window_s
             ),
+            s3=s3_client(settings),
             _producer=kafka_producer(settings),
         )
 

@@ -23,7 +23,8 @@ from api.limits import BodySizeLimit
 from api.metrics import router as metrics_router
 from api.middleware import ObservabilityMiddleware
 from api.routers import admin, alerts, billing, catalog, events, health, invoices, usage
-from api.routers import dashboard, fraud
+from api.routers import dashboard, fraud, stripe_webhooks
+from api.routers import webhooks
 from meterflow.clients import kafka_admin
 from meterflow.log import configure_logging
 from meterflow.settings import Settings
@@ -70,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(invoices.router)
     app.include_router(billing.router)
+    app.include_router(stripe_webhooks.router)
     app.include_router(alerts.router)
     app.include_router(fraud.router)
     app.include_router(dashboard.router)
+    app.include_router(webhooks.router)
     mount_dashboard(app)
     return app

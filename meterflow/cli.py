@@ -8,15 +8,20 @@
                                  send simulated traffic (docs/simulation.md; --help per kind)
     meterflow replay --from DAY [--to DAY] [--customer ID]
                                  replay backed-up events of UTC days through the dataflow
+    meterflow billing run|schedule|reconcile [options]
+                                 close billing periods, or compare them with Stripe (docs/billing.md)
 
-NAMEs: redis, kafka, clickhouse, s3, dataflow, api. Exit status is 0 when
-what was asked for is healthy (up, status) or stopped (down).
+NAMEs: redis, kafka, clickhouse, s3, dataflow, webhooks, api, and billing
+with BILLING_SCHEDULER=true. Exit status is 0 when what was asked for is
+healthy (up, status) or stopped (down).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from datetime import date
 
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return simulate_main(argv[1:])
     if argv[:1] == ["replay"]:
         return replay_main(argv[1:])
+    if argv[:1] == ["billing"]:
+        return billing_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="meterflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -107,6 +114,50 @@ def replay_main(argv: list[str]) -> int:
         parser.error(str(exc))
     print(f"replayed {result.events} events from {result.objects} backup objects over {result.days} days")
     return 0
+
+
+def billing_main(argv: list[str]) -> int:
+    # Imported here: the billing commands need the API's modules, the others do not.
+    from api.billing_job import BillingJob, JobBusy, PeriodOpen, job_report_json, report_lines, run_scheduler
+    from api.deps import Clients
+    from api.reconcile import reconcile
+    from operators.periods import BillingPeriod
+
+    parser = argparse.ArgumentParser(prog="meterflow billing", description="Billing operations (docs/billing.md).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    period_help = "YYYY-MM or YYYY-MM-DD..YYYY-MM-DD (UTC); default: the last full month"
+    run = commands.add_parser("run", help="close a period: invoices, PDFs, webhooks, Stripe; safe to repeat")
+    run.add_argument("--period", type=BillingPeriod.parse, help=period_help)
+    run.add_argument("--customer", action="append", help="only this customer (repeatable)")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    commands.add_parser("schedule", help="run until stopped, closing each month when its grace ends")
+    check = commands.add_parser("reconcile", help="compare a period's invoices with Stripe (live mode)")
+    check.add_argument("--period", type=BillingPeriod.parse, help=period_help)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, json=False)
+    clients = Clients.connect(settings)
+    period = getattr(args, "period", None) or BillingPeriod.month_before(int(time.time() * 1000))
+    try:
+        if args.command == "schedule":
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            run_scheduler(clients, stop, settings.billing_scheduler_interval_s)
+            return 0
+        if args.command == "reconcile":
+            result = reconcile(clients, period)
+            print("\n".join(result.lines()))
+            return 1 if result.differences else 0
+        report = BillingJob(clients).run(period, customers=set(args.customer) if args.customer else None)
+    except (PeriodOpen, JobBusy, ValueError) as exc:
+        print(f"meterflow billing: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        clients.close()
+    print(job_report_json(report) if args.json else "\n".join(report_lines(report)))
+    return 1 if report.failed else 0
 
 
 def simulate_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ def s3_client(settings: Settings) -> Minio:
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key,
         secure=settings.s3_secure,
+        region=settings.s3_region,
     )
 
 

@@ -37,6 +37,7 @@ class Settings:
     s3_secret_key: str = "meterflow-secret"
     s3_secure: bool = False
     s3_bucket: str = "meterflow-events"
+    s3_region: str = "us-east-1"  # signs requests and presigned URLs without asking the server
     # Dataflow
     flow_batch_size: int = 1000
     flow_workers: int = 1  # Bytewax workers in the dataflow process
@@ -73,13 +74,18 @@ class Settings:
     billing_scheduler: bool = False  # `meterflow up` also starts the billing scheduler
     billing_scheduler_interval_s: float = 300.0  # how often the scheduler looks for a closable period
     invoice_url_expiry_s: int = 3600  # lifetime of the presigned PDF links of GET /v1/invoices/{id}
-    # Webhooks: alerts POSTed here by `python -m meterflow.alert_webhook` (off when empty)
+    # Webhooks (python -m meterflow.webhook_worker): the operator's endpoint gets every
+    # alert of every customer (off when empty); customers register their own endpoints
     alert_webhook_url: str = ""
     webhook_secret: str = ""  # HMAC-SHA256 signing key; unsigned when empty
     webhook_attempts: int = 5
     webhook_first_backoff_s: float = 1.0  # doubled after each failed try, up to the max
     webhook_max_backoff_s: float = 30.0
     webhook_timeout_s: float = 10.0
+    # Customer endpoints resolving to loopback, private, link-local or other
+    # non-public addresses are refused (they would reach MeterFlow's own
+    # network); local development and the tests allow them.
+    webhook_allow_private_urls: bool = False
     # Local native stack
     data_dir: Path = field(default_factory=lambda: Path(".data").resolve())
     log_level: str = "INFO"

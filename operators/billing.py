@@ -37,7 +37,7 @@ SEND_INVOICE = "stripe.invoices.sendInvoice"
 
 # Steps: stable names, the suffix of each step's idempotency key.
 STEP_INVOICE = "invoice"
-STEP_ITEM_PREFIX = "item:"  # + metric code
+STEP_ITEM_PREFIX = "item:"  # + the line's key: its metric code, or adj:<invoice>:<metric>
 STEP_FINALIZE = "finalize"
 STEP_SEND = "send"
 
@@ -160,7 +160,18 @@ def plan_billing(invoice: Invoice, stripe_customer: str) -> BillingPlan:
     )
     items = []
     for line in invoice.lines:
-        step = STEP_ITEM_PREFIX + line.metric_code
+        step = STEP_ITEM_PREFIX + line.line_key
+        metadata = {
+            "meterflow_metric_code": line.metric_code,
+            "meterflow_quantity": str(line.quantity),
+            # lets a resumed run recognise an item Stripe created
+            # although the answer was lost (see api.billing)
+            "meterflow_idempotency_key": step_key(run_key, step),
+        }
+        description = f"{line.metric_name}: {line.quantity:,} {line.unit}"
+        if line.adjusts is not None:  # late usage of an earlier, closed invoice
+            metadata["meterflow_adjusts"] = line.adjusts
+            description = f"{line.metric_name}: {line.quantity:+,} {line.unit} (adjusts {line.adjusts})"
         items.append(
             op(
                 step,
@@ -170,15 +181,9 @@ def plan_billing(invoice: Invoice, stripe_customer: str) -> BillingPlan:
                     "invoice": INVOICE_REF,
                     "amount": cents(line.subtotal),
                     "currency": CURRENCY,
-                    "description": f"{line.metric_name}: {line.quantity:,} {line.unit}",
+                    "description": description,
                     "period": period,
-                    "metadata": {
-                        "meterflow_metric_code": line.metric_code,
-                        "meterflow_quantity": str(line.quantity),
-                        # lets a resumed run recognise an item Stripe created
-                        # although the answer was lost (see api.billing)
-                        "meterflow_idempotency_key": step_key(run_key, step),
-                    },
+                    "metadata": metadata,
                 },
             )
         )

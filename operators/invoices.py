@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from operators.metrics import Metric
 from operators.pricing import Model, PricingRule, TierCharge, price
@@ -73,9 +73,12 @@ def build_invoice(
     metrics: Mapping[str, Metric],
     pricing: Mapping[str, PricingRule],
     generated_at: str,
+    adjustments: Sequence[InvoiceLine] = (),
 ) -> Invoice:
     """Price `usage` (metric code -> quantity); metrics without usage or
-    without a pricing rule get no line."""
+    without a pricing rule get no line. `adjustments` (late usage of closed
+    periods, see operators.adjustments) follow the usage lines and count in
+    the subtotal."""
     lines: list[InvoiceLine] = []
     for code, metric in metrics.items():
         quantity = usage.get(code, Decimal(0))
@@ -94,6 +97,7 @@ def build_invoice(
                 tiers=charge.tiers if rule.model in (Model.TIERED, Model.VOLUME) else (),
             )
         )
+    lines.extend(adjustments)
     return Invoice(
         invoice_id=invoice_id_for(customer_id, start_ms, end_ms),
         customer_id=customer_id,
@@ -102,4 +106,83 @@ def build_invoice(
         lines=tuple(lines),
         subtotal=sum((line.subtotal for line in lines), Decimal(0)),
         generated_at=generated_at,
+    )
+
+
+def _tier_to_dict(tier: TierCharge) -> dict[str, Any]:
+    return {
+        "tier": tier.tier,
+        "from_quantity": str(tier.from_quantity),
+        "up_to": None if tier.up_to is None else str(tier.up_to),
+        "quantity": str(tier.quantity),
+        "unit_price": str(tier.unit_price),
+        "amount": str(tier.amount),
+    }
+
+
+def invoice_to_dict(invoice: Invoice) -> dict[str, Any]:
+    """A JSON-safe copy that `invoice_from_dict` turns back into the same
+    invoice (Decimals as strings, so nothing is lost to floats)."""
+    return {
+        "invoice_id": invoice.invoice_id,
+        "customer_id": invoice.customer_id,
+        "period_start": invoice.period_start,
+        "period_end": invoice.period_end,
+        "lines": [
+            {
+                "metric_code": line.metric_code,
+                "metric_name": line.metric_name,
+                "quantity": str(line.quantity),
+                "unit": line.unit,
+                "unit_price_display": line.unit_price_display,
+                "subtotal": str(line.subtotal),
+                "tiers": [_tier_to_dict(t) for t in line.tiers],
+                "adjusts": line.adjusts,
+            }
+            for line in invoice.lines
+        ],
+        "subtotal": str(invoice.subtotal),
+        "generated_at": invoice.generated_at,
+        "currency": invoice.currency,
+        "status": invoice.status,
+    }
+
+
+def _optional_decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def invoice_from_dict(data: Mapping[str, Any]) -> Invoice:
+    return Invoice(
+        invoice_id=data["invoice_id"],
+        customer_id=data["customer_id"],
+        period_start=data["period_start"],
+        period_end=data["period_end"],
+        lines=tuple(
+            InvoiceLine(
+                metric_code=line["metric_code"],
+                metric_name=line["metric_name"],
+                quantity=Decimal(line["quantity"]),
+                unit=line["unit"],
+                unit_price_display=line["unit_price_display"],
+                subtotal=Decimal(line["subtotal"]),
+                tiers=tuple(
+                    TierCharge(
+                        tier=t["tier"],
+                        from_quantity=Decimal(t["from_quantity"]),
+                        up_to=_optional_decimal(t["up_to"]),
+                        quantity=Decimal(t["quantity"]),
+                        unit_price=Decimal(t["unit_price"]),
+                        amount=Decimal(t["amount"]),
+                    )
+                    for t in line["tiers"]
+                ),
+                adjusts=line["adjusts"],
+            )
+            for line in data["lines"]
+        ),
+        subtotal=Decimal(data["subtotal"]),
+        generated_at=data["generated_at"],
+        currency=data["currency"],
+        status=data["status"],
     )

@@ -35,6 +35,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Se
         kafka_produce_timeout_s=3.0,
         sink_retry_max_backoff_s=1.0,
         snapshot_interval_s=1,
+        stripe_webhook_secret="whsec_session",
+        webhook_allow_private_urls=True,  # the tests' receivers listen on loopback  # so POST /v1/stripe/webhook verifies (and refuses) rather than 503
         log_level="DEBUG",
     )
     settings = config.settings(base)

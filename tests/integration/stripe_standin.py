@@ -6,21 +6,33 @@ for the few endpoints billing uses. Like Stripe, it keeps the answer to a
 request with an idempotency key and replays it for a repeat of that key,
 until told to forget (Stripe forgets after 24 hours). Scripted failures
 make it answer 4xx/5xx, optionally after carrying the request out (an
-answer lost on the way back).
+answer lost on the way back). Payments (`pay`, `fail_payment`) change an
+invoice's status and, as Stripe does, POST a signed event (`invoice.paid`,
+`invoice.payment_failed`) to `webhook_url`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import dataclasses
 import itertools
 import json
+import os
 import re
 import threading
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
-from meterflow.stack import HOST, free_port
+from meterflow.local import API_ARGV, http_ok
+from meterflow.settings import Settings
+from meterflow.stack import HOST, Stack, free_port
 
 Reply = tuple[int, dict[str, Any]]
 
@@ -64,6 +76,8 @@ class StripeStandIn:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((HOST, free_port()), _handler(self))
+        self.webhook_url = ""  # where payment events go (MeterFlow's /v1/stripe/webhook)
+        self.webhook_secret = "whsec_standin"
 
     @property
     def base_url(self) -> str:
@@ -96,6 +110,46 @@ class StripeStandIn:
         """What Stripe does 24 hours after a key was first used."""
         with self._lock:
             self._replies.clear()
+
+    def pay(self, invoice_id: str) -> int:
+        """The customer pays: the invoice is paid and `invoice.paid` is sent to the webhook URL."""
+        return self._settle(invoice_id, "paid", "invoice.paid")
+
+    def fail_payment(self, invoice_id: str) -> int:
+        """A payment attempt fails: the invoice stays open and `invoice.payment_failed` is sent."""
+        return self._settle(invoice_id, "open", "invoice.payment_failed")
+
+    def _settle(self, invoice_id: str, status: str, event_type: str) -> int:
+        with self._lock:
+            invoice = self.objects[invoice_id]
+            invoice["status"] = status
+            event = {
+                "id": f"evt_standin{next(self._ids)}",
+                "object": "event",
+                "type": event_type,
+                "created": int(time.time()),
+                "livemode": False,
+                "data": {"object": dict(invoice)},
+            }
+        return self.send_event(event)
+
+    def send_event(self, event: dict[str, Any], secret: str | None = None) -> int:
+        """POST `event` to `webhook_url` signed as Stripe signs (`Stripe-Signature: t=..,v1=..`
+        with `webhook_secret`, or `secret` to forge one); returns the answer's status."""
+        payload = json.dumps(event).encode()
+        timestamp = int(time.time())
+        key = (secret or self.webhook_secret).encode()
+        digest = hmac.new(key, f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(
+            self.webhook_url,
+            data=payload,
+            headers={"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={digest}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def items_of(self, invoice_id: str) -> list[dict[str, Any]]:
         return [o for o in self.objects.values() if o["object"] == "invoiceitem" and o["invoice"] == invoice_id]
@@ -147,6 +201,12 @@ class StripeStandIn:
             fields = {k: form.get(k) for k in ("customer", "invoice", "currency", "description")}
             amount = int(form["amount"])
             return self._create("ii", {"object": "invoiceitem", "amount": amount, "metadata": meta, **fields})
+        if (method, path) == ("GET", "/v1/invoices"):
+            found = [
+                o for o in self.objects.values()
+                if o["object"] == "invoice" and query.get("customer") in (None, o["customer"])
+            ]  # fmt: skip
+            return 200, {"object": "list", "url": "/v1/invoices", "has_more": False, "data": found}
         if (method, path) == ("GET", "/v1/invoiceitems"):
             items = self.items_of(query.get("invoice", ""))
             return 200, {"object": "list", "url": "/v1/invoiceitems", "has_more": False, "data": items}
@@ -188,3 +248,31 @@ def _handler(standin: StripeStandIn) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+STRIPE_KEY = "sk_test_standin"
+
+
+@contextmanager
+def live_api(stack: Stack, settings: Settings, stand_in: StripeStandIn, **overrides: Any) -> Iterator[Settings]:
+    """A second real API process on the session's services, billing live
+    through `stand_in` and taking its payment events; yields its settings
+    (which a billing job run in the test process uses too)."""
+    live = dataclasses.replace(
+        settings,
+        api_port=free_port(),
+        stripe_api_key=STRIPE_KEY,
+        stripe_api_base=stand_in.base_url,
+        stripe_max_network_retries=2,
+        stripe_webhook_secret=stand_in.webhook_secret,
+        **overrides,
+    )
+    url = f"http://{live.api_host}:{live.api_port}"
+    stand_in.webhook_url = f"{url}/v1/stripe/webhook"
+    name = f"api-billing-{live.api_port}"
+    stack.add_process(name, API_ARGV, env={**os.environ, **live.as_env()}, health=http_ok(f"{url}/health"), port=live.api_port)
+    stack.start_service(name)
+    try:
+        yield live
+    finally:
+        stack.stop_service(name)

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import uuid
 from typing import Iterator
 
 import httpx
 import pytest
 
-from meterflow.local import API_ARGV, http_ok
-from meterflow.stack import free_port
 from operators.billing import billing_key, customer_key
 from tests.integration.conftest import Customer, make_event, now_ms, stored_count, wait_for
-from tests.integration.stripe_standin import StripeStandIn
+from tests.integration.stripe_standin import STRIPE_KEY, StripeStandIn, live_api
 
 HOUR = 3_600_000
-STRIPE_KEY = "sk_test_standin"
 CONFIGURED = "cus_configured"  # STRIPE_CUSTOMER_MAP's Stripe customer in the live API
 
 
@@ -143,27 +139,11 @@ class Live:
 @pytest.fixture(scope="module")
 def live(stack, settings) -> Iterator[Live]:
     mapped = f"cust-mapped-{uuid.uuid4().hex[:12]}"
-    live_settings = dataclasses.replace(
-        settings,
-        api_port=free_port(),
-        stripe_api_key=STRIPE_KEY,
-        stripe_max_network_retries=2,
-        stripe_customer_map=json.dumps({mapped: CONFIGURED}),
-    )
     with StripeStandIn() as stand_in:
-        live_settings = dataclasses.replace(live_settings, stripe_api_base=stand_in.base_url)
-        url = f"http://{live_settings.api_host}:{live_settings.api_port}"
-        name = f"api-billing-{live_settings.api_port}"
-        stack.add_process(
-            name, API_ARGV, env={**os.environ, **live_settings.as_env()},
-            health=http_ok(f"{url}/health"), port=live_settings.api_port,
-        )  # fmt: skip
-        stack.start_service(name)
-        try:
+        with live_api(stack, settings, stand_in, stripe_customer_map=json.dumps({mapped: CONFIGURED})) as live_settings:
+            url = f"http://{live_settings.api_host}:{live_settings.api_port}"
             with httpx.Client(base_url=url, timeout=60) as client:
                 yield Live(client, stand_in, mapped)
-        finally:
-            stack.stop_service(name)
 
 
 def usage_events(customer_id: str, t: int) -> list[dict]:

@@ -37,11 +37,14 @@ def valid_requests(customer_id: str) -> dict[Route, dict[str, Any]]:
     subject = {"customer_id": customer_id, "metric": "api_calls"}
     period = {"customer_id": customer_id, "start": now - DAY, "end": now}
     today = datetime.now(timezone.utc).date().isoformat()
+    own = {"customer_id": customer_id}
     return {
         EVENTS: {"json": {"events": [make_event(customer_id)]}},
         ("GET", "/v1/usage"): {"params": {**subject, "start": now - DAY, "end": now, "group_by": "region"}},
         ("POST", "/v1/invoices/calculate"): {"json": period},
         ("POST", "/v1/billing/run"): {"json": period},
+        ("GET", "/v1/invoices"): {"params": {"customer_id": customer_id, "status": "paid"}},
+        ("GET", "/v1/invoices/{invoice_id}"): {"path": {"invoice_id": "inv_0123456789abcdef01234567"}},
         ("GET", "/v1/alerts"): {"params": {"customer_id": customer_id, "kind": "usage_spike"}},
         ("GET", "/v1/anomalies/check"): {"params": {**subject, "current_start": now - DAY, "current_end": now}},
         ("POST", "/v1/fraud/baselines/build"): {"json": {**subject, "days": 7}},
@@ -50,6 +53,10 @@ def valid_requests(customer_id: str) -> dict[Route, dict[str, Any]]:
         ("POST", "/v1/admin/keys"): {"json": {"customer_id": customer_id, "name": "sec"}},
         ("POST", "/v1/admin/keys/revoke"): {"json": {"api_key": "mf_unknown"}},
         ("GET", "/v1/pricing/{metric_code}"): {"path": {"metric_code": "api_calls"}},
+        ("POST", "/v1/webhooks"): {"json": {**own, "url": "https://example.com/hooks", "events": ["invoice.paid"]}},
+        ("GET", "/v1/webhooks"): {"params": own},
+        ("GET", "/v1/webhooks/deliveries"): {"params": {**own, "status": "dead"}},
+        ("DELETE", "/v1/webhooks/{endpoint_id}"): {"path": {"endpoint_id": "we_0"}, "params": own},
     }
 
 

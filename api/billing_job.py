@@ -1,0 +1,307 @@
+"""The billing job: close a period for every customer, month after month.
+
+    meterflow billing run --period 2026-10      once, from cron or by hand
+    meterflow billing schedule                  a loop that closes each month when its grace ends
+
+For one period the job
+
+1. refuses to start before the period's end plus `BILLING_GRACE_HOURS`, so
+   events still in flight (and late ones within the grace) are counted;
+2. records late usage of already closed invoices as adjustments
+   (operators.adjustments), which the next invoice of each customer carries;
+3. for every customer with usage in the period or pending adjustments, takes
+   the invoice through its steps, each done at most once and recorded
+   before the next starts:
+
+       draft       computed from ClickHouse + pending adjustments, stored   -> webhook invoice.created
+       pdf         rendered, stored in S3 invoices/<customer>/<period>.pdf
+       finalized   frozen; later usage becomes adjustments                  -> webhook invoice.finalized
+       sent        billed through Stripe (api.billing; live with STRIPE_API_KEY,
+                   else the dry-run plan is stored and the invoice stays finalized)
+
+Running the job again for the same period therefore changes nothing, and a
+job stopped anywhere (crash, Stripe down) resumes where it stopped. Only one
+job per period runs at a time (a Redis lock); a customer whose invoice fails
+a step is reported and retried on the next run, the others go on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import redis
+import structlog
+import urllib3
+from fastapi import HTTPException
+from minio.error import MinioException
+
+from api.billing import run_billing
+from api.deps import Clients
+from api.errors import ServiceUnavailable
+from api.invoice_store import DRAFT, FINALIZED, InvoiceStore, StoredInvoice, now_iso
+from api.invoicing import calculate_invoice, period_usage
+from api.routers.invoices import invoice_out
+from api.usage import run_query
+from meterflow.webhook_outbox import publish
+from operators.adjustments import Adjustment, adjustment_lines, late_usage_adjustments
+from operators.events import MAX_AGE_MS
+from operators.invoice_pdf import render_invoice_pdf
+from operators.invoices import Invoice, invoice_id_for
+from operators.metrics import catalog_by_code
+from operators.periods import DAY_MS, BillingPeriod, pdf_key
+from operators.pricing import pricing_by_code
+
+log = structlog.get_logger(__name__)
+
+LOCK_TIMEOUT_S = 3600
+_STORE_RETRIES = 5  # optimistic transactions lost to a concurrent writer
+# What fails one customer's step and is retried on the next run: Stripe
+# (api.billing turns its errors into HTTP errors), ClickHouse, Redis, S3.
+_STEP_FAILURES = (
+    HTTPException, ServiceUnavailable, OSError, redis.RedisError, MinioException, urllib3.exceptions.HTTPError,
+)  # fmt: skip
+
+
+class PeriodOpen(Exception):
+    """The period's grace has not ended: its usage may still grow."""
+
+
+class JobBusy(Exception):
+    """Another billing job holds this period."""
+
+
+@dataclass
+class CustomerResult:
+    customer_id: str
+    invoice_id: str
+    status: str  # the invoice's status after this run, or no_usage / error
+    total: Decimal = Decimal(0)
+    done: list[str] = field(default_factory=list)  # steps carried out by this run
+    error: str | None = None
+
+
+@dataclass
+class JobReport:
+    period: BillingPeriod
+    adjustments: list[Adjustment]
+    customers: list[CustomerResult]
+
+    @property
+    def failed(self) -> list[CustomerResult]:
+        return [c for c in self.customers if c.error]
+
+
+def customers_with_usage(clients: Clients, period: BillingPeriod) -> set[str]:
+    sql = (
+        f"SELECT DISTINCT customer_id FROM `{clients.settings.clickhouse_database}`.events "  # sql-ok
+        "WHERE timestamp >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
+        "AND timestamp <= fromUnixTimestamp64Milli({end:Int64}, 'UTC')"
+    )
+    return {row[0] for row in run_query(clients.clickhouse, sql, {"start": period.start_ms, "end": period.end_ms})}
+
+
+def record_late_usage(clients: Clients, store: InvoiceStore, now_ms: int) -> list[Adjustment]:
+    """Adjustments for usage that reached closed invoices' periods after they
+    were finalized. Only periods that can still receive events (validation
+    refuses events older than 30 days) are looked at."""
+    pricing = pricing_by_code()
+    recorded: list[Adjustment] = []
+    for stored in store.closed_since(now_ms - MAX_AGE_MS - DAY_MS):
+        for _ in range(_STORE_RETRIES):
+            invoice = stored.invoice
+            usage = period_usage(clients, invoice.customer_id, invoice.period_start, invoice.period_end)
+            found = late_usage_adjustments(
+                invoice.customer_id, invoice.invoice_id, stored.accounted, usage, pricing, now_iso()
+            )
+            if store.record_adjustments(stored, found):
+                recorded.extend(found)
+                for adj in found:
+                    log.info(
+                        "late_usage_adjustment", invoice_id=adj.invoice_id, metric=adj.metric_code,
+                        quantity=str(adj.quantity), amount=str(adj.amount), adjustment_id=adj.adjustment_id,
+                    )  # fmt: skip
+                break
+            stored = store.get(invoice.invoice_id)  # type: ignore[assignment]  # another job wrote first
+    return recorded
+
+
+def _event_data(stored: StoredInvoice) -> dict:
+    """What invoice webhooks carry: the invoice as the API shows it, current status, and its PDF key."""
+    data = invoice_out(stored.invoice).model_dump(mode="json")
+    data["status"] = stored.status
+    data["pdf_key"] = stored.get("pdf_key")
+    return data
+
+
+class BillingJob:
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        self.store = InvoiceStore(clients.redis)
+
+    def run(self, period: BillingPeriod, now_ms: int | None = None, customers: set[str] | None = None) -> JobReport:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        grace_ms = int(self.clients.settings.billing_grace_hours * 3_600_000)
+        closes = period.closes_at(grace_ms)
+        if now_ms < closes:
+            raise PeriodOpen(f"period {period.label} closes at {closes} (Unix ms): its grace has not ended")
+        lock = self.clients.redis.lock(
+            f"billing:job:{period.start_ms}:{period.end_ms}", timeout=LOCK_TIMEOUT_S, blocking=False
+        )
+        if not lock.acquire():
+            raise JobBusy(f"a billing job for {period.label} is running")
+        try:
+            adjustments = record_late_usage(self.clients, self.store, now_ms)
+            if customers is None:
+                customers = customers_with_usage(self.clients, period)
+                customers |= self.store.customers_with_pending_adjustments()
+            results = [self._close_customer(period, customer) for customer in sorted(customers)]
+        finally:
+            lock.release()
+        report = JobReport(period, adjustments, results)
+        log.info(
+            "billing_job_done", period=period.label, customers=len(results),
+            failed=len(report.failed), adjustments=len(adjustments),
+        )  # fmt: skip
+        return report
+
+    def _close_customer(self, period: BillingPeriod, customer_id: str) -> CustomerResult:
+        invoice_id = invoice_id_for(customer_id, period.start_ms, period.end_ms)
+        result = CustomerResult(customer_id, invoice_id, status="no_usage")
+        try:
+            stored = self.store.get(invoice_id) or self._draft(period, customer_id, result)
+            if stored is None:
+                return result
+            result.total = stored.invoice.subtotal
+            if not stored.get("pdf_key"):
+                self._store_pdf(stored, period)
+                result.done.append("pdf")
+            stored = self.store.get(invoice_id)
+            if stored.status == DRAFT:  # type: ignore[union-attr]
+                self._finalize(stored)  # type: ignore[arg-type]
+                result.done.append("finalized")
+            stored = self.store.get(invoice_id)
+            if stored.status == FINALIZED and not self._dry_run_recorded(stored):  # type: ignore[union-attr]
+                result.done.append(self._push_to_stripe(stored))  # type: ignore[arg-type]
+            result.status = self.store.get(invoice_id).status  # type: ignore[union-attr]
+        except _STEP_FAILURES as exc:
+            result.status, result.error = "error", getattr(exc, "detail", None) or str(exc)
+            log.warning("billing_customer_failed", customer_id=customer_id, invoice_id=invoice_id, error=result.error)
+        return result
+
+    def _draft(self, period: BillingPeriod, customer_id: str, result: CustomerResult) -> StoredInvoice | None:
+        metrics = catalog_by_code()
+        for _ in range(_STORE_RETRIES):
+            carried = self.store.pending_adjustments(customer_id)
+            invoice = calculate_invoice(
+                self.clients, customer_id, period.start_ms, period.end_ms, adjustment_lines(carried, metrics)
+            )
+            if not invoice.lines:
+                return None
+            if self.store.create_draft(invoice, carried):
+                stored = self.store.get(invoice.invoice_id)
+                publish(
+                    self.clients.redis, customer_id, "invoice.created",
+                    f"{invoice.invoice_id}.created", _event_data(stored),  # type: ignore[arg-type]
+                )  # fmt: skip
+                result.done.append("draft")
+                log.info("invoice_drafted", invoice_id=invoice.invoice_id, customer_id=customer_id)
+                return stored
+            if (existing := self.store.get(invoice.invoice_id)) is not None:
+                return existing  # another run drafted it first
+        raise ServiceUnavailable(f"adjustments of {customer_id} kept changing; run the job again")
+
+    def _store_pdf(self, stored: StoredInvoice, period: BillingPeriod) -> None:
+        key = pdf_key(stored.customer_id, period)
+        data = render_invoice_pdf(stored.invoice)
+        self.clients.s3.put_object(
+            self.clients.settings.s3_bucket, key, io.BytesIO(data), len(data), content_type="application/pdf"
+        )
+        self.store.set_fields(stored.invoice_id, pdf_key=key)
+
+    def _finalize(self, stored: StoredInvoice) -> None:
+        usage_lines = [line for line in stored.invoice.lines if line.adjusts is None]
+        if self.store.finalize(stored, {line.metric_code: line.quantity for line in usage_lines}):
+            publish(
+                self.clients.redis, stored.customer_id, "invoice.finalized",
+                f"{stored.invoice_id}.finalized", _event_data(self.store.get(stored.invoice_id)),  # type: ignore[arg-type]
+            )  # fmt: skip
+            log.info("invoice_finalized", invoice_id=stored.invoice_id, customer_id=stored.customer_id)
+
+    def _dry_run_recorded(self, stored: StoredInvoice) -> bool:
+        """A dry-run plan is stored already and there is still no Stripe key to go live with."""
+        return stored.get("billing_mode") == "dry_run" and not self.clients.settings.stripe_api_key
+
+    def _push_to_stripe(self, stored: StoredInvoice) -> str:
+        invoice: Invoice = stored.invoice
+        run = run_billing(self.clients, invoice.customer_id, invoice.period_start, invoice.period_end, invoice)
+        if run.mode == "dry_run":
+            self.store.set_fields(stored.invoice_id, billing_mode="dry_run", stripe_plan=run.plan.to_json())
+            return "dry_run"
+        if run.stripe_invoice_id is None:  # nothing to bill (an invoice of zero lines is never stored)
+            return run.status
+        if run.plan.total_amount_cents != stored.total_cents:
+            # The period was billed earlier through POST /v1/billing/run with
+            # other usage; Stripe keeps that bill, reconciliation shows it.
+            log.warning(
+                "billed_amount_differs", invoice_id=stored.invoice_id,
+                stored_cents=stored.total_cents, stripe_cents=run.plan.total_amount_cents,
+            )  # fmt: skip
+        self.store.mark_sent(stored.invoice_id, run.stripe_invoice_id)
+        log.info("invoice_sent", invoice_id=stored.invoice_id, stripe_invoice_id=run.stripe_invoice_id)
+        return "sent"
+
+
+def report_lines(report: JobReport) -> list[str]:
+    """The job's outcome as printed by the CLI."""
+    lines = [f"period {report.period.label}: {len(report.customers)} customers, "
+             f"{len(report.adjustments)} late-usage adjustments recorded"]  # fmt: skip
+    for adj in report.adjustments:
+        lines.append(f"  adjustment {adj.adjustment_id}: {adj.invoice_id} {adj.metric_code} "
+                     f"{adj.quantity:+} -> ${adj.amount:+}")  # fmt: skip
+    for c in report.customers:
+        steps = ",".join(c.done) or "nothing to do"
+        tail = f"  ERROR {c.error}" if c.error else ""
+        lines.append(f"  {c.customer_id:<30} {c.invoice_id}  {c.status:<9} ${c.total:>10}  [{steps}]{tail}")
+    return lines
+
+
+def run_scheduler(clients: Clients, stop: threading.Event, interval_s: float) -> None:
+    """Close the last month as soon as its grace ends, then keep checking.
+
+    Every `interval_s` the scheduler runs the job for the month before now
+    once its grace has ended; a month already closed costs one pass over
+    stored invoices and changes nothing, so no state is needed here."""
+    job = BillingJob(clients)
+    while not stop.is_set():
+        period = BillingPeriod.month_before(int(time.time() * 1000))
+        try:
+            report = job.run(period)
+            if report.failed:
+                log.warning("billing_job_incomplete", period=period.label, failed=[c.customer_id for c in report.failed])
+        except PeriodOpen:
+            pass
+        except JobBusy:
+            log.info("billing_job_busy", period=period.label)
+        except Exception:  # noqa: BLE001 - the scheduler outlives a failed run; the next pass retries
+            log.exception("billing_job_failed", period=period.label)
+        stop.wait(interval_s)
+
+
+def job_report_json(report: JobReport) -> str:
+    return json.dumps(
+        {
+            "period": report.period.label,
+            "adjustments": [a.to_dict() for a in report.adjustments],
+            "customers": [
+                {"customer_id": c.customer_id, "invoice_id": c.invoice_id, "status": c.status,
+                 "total": str(c.total), "done": c.done, "error": c.error}  # fmt: skip
+                for c in report.customers
+            ],
+        },
+        indent=2,
+    )

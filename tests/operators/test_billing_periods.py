@@ -1,0 +1,44 @@
+from datetime import date
+
+import pytest
+
+from operators.periods import DAY_MS, BillingPeriod, pdf_key
+
+OCT_2026 = (1_790_812_800_000, 1_793_491_199_999)  # 2026-10-01T00:00Z .. 2026-10-31T23:59:59.999Z
+
+
+def test_calendar_months_are_inclusive_ms_bounds():
+    october = BillingPeriod.month(2026, 10)
+    assert (october.start_ms, october.end_ms) == OCT_2026
+    assert october.label == "2026-10"
+    december = BillingPeriod.month(2026, 12)
+    assert december.end_ms + 1 == BillingPeriod.month(2027, 1).start_ms
+
+
+def test_parse_months_and_day_ranges():
+    assert BillingPeriod.parse("2026-10") == BillingPeriod.month(2026, 10)
+    week = BillingPeriod.parse("2026-10-05..2026-10-11")
+    assert week == BillingPeriod.days(date(2026, 10, 5), date(2026, 10, 11))
+    assert week.end_ms - week.start_ms + 1 == 7 * DAY_MS
+    assert week.label == "2026-10-05_2026-10-11"
+    assert BillingPeriod.parse("2026-10-01..2026-10-31").label == "2026-10"  # a whole month is a month
+    with pytest.raises(ValueError):
+        BillingPeriod.parse("October")
+    with pytest.raises(ValueError):
+        BillingPeriod.parse("2026-10-11..2026-10-05")
+
+
+def test_periods_not_on_day_bounds_are_labelled_by_their_ms():
+    assert BillingPeriod(1000, 5000).label == "1000-5000"
+
+
+def test_month_before_and_close_time():
+    now = OCT_2026[0] + 10 * DAY_MS  # 2026-10-11
+    assert BillingPeriod.month_before(now) == BillingPeriod.month(2026, 9)
+    assert BillingPeriod.month_before(BillingPeriod.month(2026, 1).start_ms) == BillingPeriod.month(2025, 12)
+    october = BillingPeriod.month(2026, 10)
+    assert october.closes_at(grace_ms=2 * DAY_MS) == october.end_ms + 1 + 2 * DAY_MS
+
+
+def test_pdf_key_names_customer_and_period():
+    assert pdf_key("acme", BillingPeriod.month(2026, 10)) == "invoices/acme/2026-10.pdf"
