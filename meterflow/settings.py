@@ -39,7 +39,7 @@ class Settings:
     s3_bucket: str = "meterflow-events"
     s3_region: str = "us-east-1"  # signs requests and presigned URLs without asking the server
     # Dataflow
-    flow_batch_size: int = 1000
+    flow_batch_size: int = 10000  # most Kafka messages per poll: one item through every step (docs/benchmarks.md)
     flow_workers: int = 1  # Bytewax workers in the dataflow process
     sink_retry_max_backoff_s: float = 10.0
     # Prometheus /metrics of the dataflow process (0 = off); a multi-process
