@@ -126,7 +126,7 @@ def record_late_usage(clients: Clients, store: InvoiceStore, now_ms: int) -> lis
                         quantity=str(adj.quantity), amount=str(adj.amount), adjustment_id=adj.adjustment_id,
                     )  # fmt: skip
                 break
-            stored = store.get(invoice.invoice_id)  # type: ignore[assignment]  # another job wrote first
+            stored = store.load(invoice.invoice_id)  # another job wrote first: read again
     return recorded
 
 
@@ -180,14 +180,14 @@ class BillingJob:
             if not stored.get("pdf_key"):
                 self._store_pdf(stored, period)
                 result.done.append("pdf")
-            stored = self.store.get(invoice_id)
-            if stored.status == DRAFT:  # type: ignore[union-attr]
-                self._finalize(stored)  # type: ignore[arg-type]
+            stored = self.store.load(invoice_id)
+            if stored.status == DRAFT:
+                self._finalize(stored)
                 result.done.append("finalized")
-            stored = self.store.get(invoice_id)
-            if stored.status == FINALIZED and not self._dry_run_recorded(stored):  # type: ignore[union-attr]
-                result.done.append(self._push_to_stripe(stored))  # type: ignore[arg-type]
-            result.status = self.store.get(invoice_id).status  # type: ignore[union-attr]
+            stored = self.store.load(invoice_id)
+            if stored.status == FINALIZED and not self._dry_run_recorded(stored):
+                result.done.append(self._push_to_stripe(stored))
+            result.status = self.store.load(invoice_id).status
         except _STEP_FAILURES as exc:
             result.status, result.error = "error", getattr(exc, "detail", None) or str(exc)
             log.warning("billing_customer_failed", customer_id=customer_id, invoice_id=invoice_id, error=result.error)
@@ -203,11 +203,10 @@ class BillingJob:
             if not invoice.lines:
                 return None
             if self.store.create_draft(invoice, carried):
-                stored = self.store.get(invoice.invoice_id)
+                stored = self.store.load(invoice.invoice_id)
                 publish(
-                    self.clients.redis, customer_id, "invoice.created",
-                    f"{invoice.invoice_id}.created", _event_data(stored),  # type: ignore[arg-type]
-                )  # fmt: skip
+                    self.clients.redis, customer_id, "invoice.created", f"{invoice.invoice_id}.created", _event_data(stored)
+                )
                 result.done.append("draft")
                 log.info("invoice_drafted", invoice_id=invoice.invoice_id, customer_id=customer_id)
                 return stored
@@ -226,9 +225,10 @@ class BillingJob:
     def _finalize(self, stored: StoredInvoice) -> None:
         usage_lines = [line for line in stored.invoice.lines if line.adjusts is None]
         if self.store.finalize(stored, {line.metric_code: line.quantity for line in usage_lines}):
+            finalized = self.store.load(stored.invoice_id)
             publish(
                 self.clients.redis, stored.customer_id, "invoice.finalized",
-                f"{stored.invoice_id}.finalized", _event_data(self.store.get(stored.invoice_id)),  # type: ignore[arg-type]
+                f"{stored.invoice_id}.finalized", _event_data(finalized),
             )  # fmt: skip
             log.info("invoice_finalized", invoice_id=stored.invoice_id, customer_id=stored.customer_id)
 

@@ -152,6 +152,13 @@ class InvoiceStore:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         return StoredInvoice(invoice_from_dict(json.loads(fields["invoice"])), fields["status"], fields)
 
+    def load(self, invoice_id: str) -> StoredInvoice:
+        """An invoice known to exist (this process stored it or read it before)."""
+        stored = self.get(invoice_id)
+        if stored is None:
+            raise KeyError(f"invoice {invoice_id} is not stored")
+        return stored
+
     def _many(self, ids: Iterable[bytes | str]) -> list[StoredInvoice]:
         found = (self.get(i.decode() if isinstance(i, bytes) else i) for i in ids)
         return [stored for stored in found if stored is not None]

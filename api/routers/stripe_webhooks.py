@@ -65,10 +65,9 @@ def _handle(clients: Clients, event: stripe.Event) -> WebhookAck:
         # e.g. a late `payment_failed` after `paid`: the invoice keeps its status.
         log.warning("stripe_event_out_of_order", event_id=event.id, invoice_id=stored.invoice_id, status=stored.status)
         return ack.model_copy(update={"invoice_id": stored.invoice_id, "status": stored.status})
-    current = store.get(stored.invoice_id)
     if moved:
         log.info("invoice_status_from_stripe", invoice_id=stored.invoice_id, status=status, event_id=event.id)
-    data = invoice_out(current.invoice).model_dump(mode="json")  # type: ignore[union-attr]
+    data = invoice_out(stored.invoice).model_dump(mode="json")
     data["status"] = status
     publish(clients.redis, stored.customer_id, customer_event, f"{stored.invoice_id}.{status}", data)
     return ack.model_copy(update={"invoice_id": stored.invoice_id, "status": status})
