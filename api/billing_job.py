@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Callable
 
 import redis
 import structlog
@@ -270,17 +271,21 @@ def report_lines(report: JobReport) -> list[str]:
     return lines
 
 
-def run_scheduler(clients: Clients, stop: threading.Event, interval_s: float) -> None:
+def run_scheduler(
+    clients: Clients, stop: threading.Event, interval_s: float, clock: Callable[[], float] = time.time
+) -> None:
     """Close the last month as soon as its grace ends, then keep checking.
 
     Every `interval_s` the scheduler runs the job for the month before now
-    once its grace has ended; a month already closed costs one pass over
-    stored invoices and changes nothing, so no state is needed here."""
+    (`clock()`, Unix seconds) once its grace has ended; a month already
+    closed costs one pass over stored invoices and changes nothing, so no
+    state is needed here."""
     job = BillingJob(clients)
     while not stop.is_set():
-        period = BillingPeriod.month_before(int(time.time() * 1000))
+        now_ms = int(clock() * 1000)
+        period = BillingPeriod.month_before(now_ms)
         try:
-            report = job.run(period)
+            report = job.run(period, now_ms)
             if report.failed:
                 log.warning("billing_job_incomplete", period=period.label, failed=[c.customer_id for c in report.failed])
         except PeriodOpen:

@@ -12,9 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Iterator
 
 import httpx
@@ -22,10 +23,12 @@ import orjson
 import pytest
 from pypdf import PdfReader
 
-from api.billing_job import BillingJob, PeriodOpen
+from api.billing_job import BillingJob, PeriodOpen, run_scheduler
 from api.deps import Clients
+from api.invoice_store import InvoiceStore
 from meterflow import simulate
 from meterflow.cli import main as cli_main
+from meterflow.storage import EVENTS_COLUMNS
 from meterflow.webhooks import SIGNATURE_HEADER, verify
 from operators.invoices import invoice_id_for
 from operators.periods import BillingPeriod, pdf_key
@@ -321,3 +324,40 @@ def test_dry_run_job_without_stripe_key_is_idempotent(settings, api, customer, c
     # Only the owner sees it.
     other = api.post("/v1/admin/keys", json={"customer_id": f"other-{uuid.uuid4().hex[:8]}", "name": "t"}).json()
     assert api.get(f"/v1/invoices/{result.invoice_id}", headers={"X-API-Key": other["api_key"]}).status_code == 404
+
+
+def test_the_scheduler_closes_last_month_once_its_grace_has_ended(settings, clickhouse, redis):
+    """The scheduler with a clock in 2031: the month before is January 2031,
+    whose usage (written straight to ClickHouse, as validation only takes
+    events of the last 30 days) belongs to this customer alone."""
+    customer_id = f"sched-{uuid.uuid4().hex[:12]}"
+    january = BillingPeriod.month(2031, 1)
+    first = datetime(2031, 1, 10, tzinfo=timezone.utc)
+    rows = [[f"tx-{i}", customer_id, "api_request", first + timedelta(minutes=i), {}] for i in range(2500)]
+    clickhouse.insert(f"{settings.clickhouse_database}.events", rows, column_names=EVENTS_COLUMNS)
+    invoice_id = invoice_id_for(customer_id, january.start_ms, january.end_ms)
+    store = InvoiceStore(redis)
+    now = [january.end_ms / 1000 + 3600]  # an hour after January: inside the 48-hour grace
+
+    clients = Clients.connect(settings)
+    stop = threading.Event()
+    scheduler = threading.Thread(target=run_scheduler, args=(clients, stop, 0.05), kwargs={"clock": lambda: now[0]})
+    scheduler.start()
+    try:
+        time.sleep(1.0)  # many passes
+        assert store.get(invoice_id) is None  # nothing closes during the grace
+        now[0] = january.end_ms / 1000 + 49 * 3600
+        stored = wait_for(
+            lambda: (found := store.get(invoice_id)) is not None and found.get("billing_mode") == "dry_run" and found,
+            what="January closed by the scheduler",
+        )
+        time.sleep(0.5)  # more passes over a closed month
+    finally:
+        stop.set()
+        scheduler.join(10)
+        clients.close()
+    again = store.load(invoice_id)
+    assert (again.status, again.fields) == ("finalized", stored.fields)  # later passes changed nothing
+    (line,) = again.invoice.lines
+    assert (line.metric_code, line.quantity) == ("api_calls", 2500)
+    assert again.get("pdf_key") == f"invoices/{customer_id}/2031-01.pdf"
