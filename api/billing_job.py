@@ -131,8 +131,9 @@ def record_late_usage(clients: Clients, store: InvoiceStore, now_ms: int) -> lis
     return recorded
 
 
-def _event_data(stored: StoredInvoice) -> dict:
-    """What invoice webhooks carry: the invoice as the API shows it, current status, and its PDF key."""
+def invoice_event_data(stored: StoredInvoice) -> dict:
+    """What every invoice webhook carries (created, finalized, paid, payment
+    failed): the invoice as the API shows it, its current status, its PDF key."""
     data = invoice_out(stored.invoice).model_dump(mode="json")
     data["status"] = stored.status
     data["pdf_key"] = stored.get("pdf_key")
@@ -206,8 +207,9 @@ class BillingJob:
             if self.store.create_draft(invoice, carried):
                 stored = self.store.load(invoice.invoice_id)
                 publish(
-                    self.clients.redis, customer_id, "invoice.created", f"{invoice.invoice_id}.created", _event_data(stored)
-                )
+                    self.clients.redis, customer_id, "invoice.created",
+                    f"{invoice.invoice_id}.created", invoice_event_data(stored),
+                )  # fmt: skip
                 result.done.append("draft")
                 log.info("invoice_drafted", invoice_id=invoice.invoice_id, customer_id=customer_id)
                 return stored
@@ -229,7 +231,7 @@ class BillingJob:
             finalized = self.store.load(stored.invoice_id)
             publish(
                 self.clients.redis, stored.customer_id, "invoice.finalized",
-                f"{stored.invoice_id}.finalized", _event_data(finalized),
+                f"{stored.invoice_id}.finalized", invoice_event_data(finalized),
             )  # fmt: skip
             log.info("invoice_finalized", invoice_id=stored.invoice_id, customer_id=stored.customer_id)
 

@@ -181,12 +181,14 @@ class InvoiceStore:
 
     def adjustments(self, customer_id: str, ids: Iterable[str] | None = None) -> list[StoredAdjustment]:
         """The customer's adjustments (only `ids`, when given), oldest first."""
-        raw = self._redis.hgetall(_adjustments_key(customer_id))
-        wanted = None if ids is None else set(ids)
+        key = _adjustments_key(customer_id)
+        if ids is None:
+            values = list(self._redis.hgetall(key).values())
+        else:
+            wanted = list(ids)
+            values = [v for v in self._redis.hmget(key, wanted) if v is not None] if wanted else []
         out = []
-        for key, value in raw.items():
-            if wanted is not None and key.decode() not in wanted:
-                continue
+        for value in values:
             data = json.loads(value)
             applied_to = data.pop("applied_to", None)
             out.append(StoredAdjustment(Adjustment.from_dict(data), applied_to))

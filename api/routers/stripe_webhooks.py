@@ -20,10 +20,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from api.billing_job import invoice_event_data
 from api.deps import Clients, ClientsDep
 from api.errors import ServiceUnavailable
 from api.invoice_store import FAILED, PAID, InvoiceStore, TransitionRefused
-from api.routers.invoices import invoice_out
 from meterflow.webhook_outbox import publish
 
 log = structlog.get_logger(__name__)
@@ -67,8 +67,7 @@ def _handle(clients: Clients, event: stripe.Event) -> WebhookAck:
         return ack.model_copy(update={"invoice_id": stored.invoice_id, "status": stored.status})
     if moved:
         log.info("invoice_status_from_stripe", invoice_id=stored.invoice_id, status=status, event_id=event.id)
-    data = invoice_out(stored.invoice).model_dump(mode="json")
-    data["status"] = status
+    data = invoice_event_data(store.load(stored.invoice_id))
     publish(clients.redis, stored.customer_id, customer_event, f"{stored.invoice_id}.{status}", data)
     return ack.model_copy(update={"invoice_id": stored.invoice_id, "status": status})
 
