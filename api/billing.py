@@ -22,13 +22,32 @@ interrupted one resumes the recorded plan (same amounts, same keys), first
 asking Stripe which pending steps it carried out although the answer was
 lost. Only the holder of the period's lock (`billing:<run key>:lock`, SET
 NX with a timeout) runs or writes; a concurrent run of the same period is
-refused with 409.
+refused (409).
+
+Two more guards keep usage from being billed twice:
+
+- A customer's billed periods never overlap. Before anything is created in
+  Stripe the period is claimed in `billing:periods:<customer_id>` (a zset of
+  `<start>:<end>` by start, claimed atomically in Lua); a period overlapping
+  a claimed one is refused (`PeriodOverlap`, 409) naming the invoice that
+  covers it, while the exact same period stays an idempotent replay.
+- With no record (never billed, or the record was lost), Stripe is asked
+  first: an invoice whose metadata carries this MeterFlow invoice id is
+  adopted and resumed instead of creating another one.
+
+Stripe saves the answer to every executed request under its idempotency
+key, a 500 included, and replays it for 24 hours. A step Stripe answered
+with a 5xx is therefore retried (on the next run) under a new key,
+`<step key>:retry<n>` (counters in the hash `billing:key_attempts`), and
+only after asking Stripe whether the failed attempt created the object
+anyway: the invoice by search, items by their `meterflow_idempotency_key`
+metadata, finalization by the invoice's status, the customer by search.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Callable, TypeVar
@@ -36,11 +55,10 @@ from typing import Any, Callable, TypeVar
 import redis
 import stripe
 import structlog
-from fastapi import HTTPException
 from redis.exceptions import LockError
 
 from api.deps import Clients
-from api.errors import ServiceUnavailable
+from api.errors import Conflict, ServiceUnavailable, UpstreamRefused
 from api.invoicing import calculate_invoice
 from api.routers.invoices import invoice_out
 from operators.billing import (
@@ -52,6 +70,7 @@ from operators.billing import (
     SEND_INVOICE,
     STEP_FINALIZE,
     STEP_INVOICE,
+    STEP_SEND,
     BillingPlan,
     StripeOperation,
     billing_key,
@@ -60,12 +79,17 @@ from operators.billing import (
     plan_billing,
     resolve,
 )
-from operators.invoices import Invoice
+from operators.invoices import Invoice, invoice_id_for
+from operators.periods import iso_utc
 
 log = structlog.get_logger(__name__)
 
 CUSTOMERS_HASH = "stripe:customers"  # MeterFlow customer_id -> Stripe customer id
 RECORD_PREFIX = "billing:"
+CLAIMS_PREFIX = "billing:periods:"  # + customer_id: zset "<start>:<end>" by start
+ATTEMPTS_HASH = "billing:key_attempts"  # idempotency key -> attempts Stripe answered with a 5xx
+# Stripe statuses after which nothing is sent any more (send only works on an open invoice)
+SETTLED = ("paid", "void", "uncollectible")
 # Longer than any run: each Stripe call times out after 80 s and is retried
 # STRIPE_MAX_NETWORK_RETRIES times. Should a run outlive it anyway, a second
 # run could start; Stripe's idempotency keys still keep it from billing twice.
@@ -74,6 +98,49 @@ LOCK_TIMEOUT_S = 600
 TRANSIENT = (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError)
 
 T = TypeVar("T")
+
+# KEYS[1] the customer's claims; ARGV start, end. Returns the claimed
+# "<start>:<end>" that overlaps the period (the same period does not), or
+# claims the period and returns nil.
+_CLAIM = """
+local s, e = tonumber(ARGV[1]), tonumber(ARGV[2])
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do
+  local ms, me = string.match(member, '^(%d+):(%d+)$')
+  ms, me = tonumber(ms), tonumber(me)
+  if me >= s and not (ms == s and me == e) then return member end
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1] .. ':' .. ARGV[2])
+return false
+"""
+
+
+class BillingBusy(Conflict):
+    """Another run of the same customer and period holds its lock."""
+
+
+class PeriodOverlap(Conflict):
+    """The period overlaps one of the customer's billed (claimed) periods."""
+
+    def __init__(self, customer_id: str, start_ms: int, end_ms: int, covering: tuple[int, int]) -> None:
+        self.covering_invoice_id = invoice_id_for(customer_id, *covering)
+        super().__init__(
+            f"{customer_id}'s period {iso_utc(start_ms)}..{iso_utc(end_ms)} overlaps "
+            f"{iso_utc(covering[0])}..{iso_utc(covering[1])}, billed as invoice {self.covering_invoice_id}: "
+            "a customer's billed periods never overlap (bill exactly that period to replay it)"
+        )
+
+
+class StripeUnavailable(ServiceUnavailable):
+    """Stripe could not answer, or answered 5xx or 429, after the SDK's retries."""
+
+    def __init__(self, reason: str, answered_5xx: bool) -> None:
+        super().__init__(reason)
+        # Stripe saved this 5xx under the idempotency key and replays it: the key is spent.
+        self.answered_5xx = answered_5xx
+
+
+class StripeRefused(UpstreamRefused):
+    """Stripe refused the request (invalid request, idempotency, card, authentication)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +168,19 @@ def run_billing(
         return _dry_run(clients, invoice or calculate_invoice(clients, customer_id, start_ms, end_ms))
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"billing store unavailable: {exc}") from exc
+
+
+def claim_period(client: redis.Redis, customer_id: str, start_ms: int, end_ms: int) -> None:
+    """Claim the period for billing, or raise PeriodOverlap if it overlaps a
+    period the customer already claimed (the same period again is fine)."""
+    found = client.eval(_CLAIM, 1, CLAIMS_PREFIX + customer_id, start_ms, end_ms)
+    if found:
+        covering_start, covering_end = (int(v) for v in found.decode().split(":"))
+        raise PeriodOverlap(customer_id, start_ms, end_ms, (covering_start, covering_end))
+
+
+def _release_claim(client: redis.Redis, customer_id: str, start_ms: int, end_ms: int) -> None:
+    client.zrem(CLAIMS_PREFIX + customer_id, f"{start_ms}:{end_ms}")
 
 
 def _render(invoice: Invoice) -> dict[str, Any]:
@@ -167,33 +247,67 @@ def stripe_client(clients: Clients) -> stripe.StripeClient:
 
 
 def stripe_call(what: str, call: Callable[[], T]) -> T:
-    """`call()` with Stripe's failures turned into API errors: transient ones
-    (network, 5xx, rate limit; the SDK has already retried them) into 503, so
-    the caller runs again and resumes; refusals (invalid request, card, auth)
-    into 502 with Stripe's message."""
+    """`call()` with Stripe's failures turned into domain errors: transient
+    ones (network, 5xx, rate limit; the SDK has already retried what it
+    could) into StripeUnavailable (503: run again to resume), refusals
+    (invalid request, reused idempotency key, card, auth) into StripeRefused
+    (502) with Stripe's message."""
     try:
         return call()
     except stripe.StripeError as exc:
         message = exc.user_message or str(exc) or type(exc).__name__
         log.warning("stripe_call_failed", what=what, status=exc.http_status, error=message)
         if isinstance(exc, TRANSIENT):
-            raise ServiceUnavailable(
-                f"Stripe unavailable during {what}: {message}; progress is kept, run again to resume"
+            raise StripeUnavailable(
+                f"Stripe unavailable during {what}: {message}; progress is kept, run again to resume",
+                answered_5xx=(exc.http_status or 0) >= 500,
             ) from exc
-        raise HTTPException(502, f"Stripe refused {what}: {message}") from exc
+        raise StripeRefused(f"Stripe refused {what}: {message}") from exc
+
+
+def keyed_call(clients: Clients, what: str, base_key: str, call: Callable[[str], T]) -> T:
+    """`call(idempotency key)` through `stripe_call`, under `base_key` or, once
+    Stripe answered an attempt with a 5xx (which it replays for that key),
+    under `<base_key>:retry<n>`. Callers ask Stripe whether a failed attempt
+    took effect before calling again (see the module docstring)."""
+    spent = clients.redis.hget(ATTEMPTS_HASH, base_key)
+    key = base_key if spent is None else f"{base_key}:retry{int(spent)}"
+    try:
+        return stripe_call(what, lambda: call(key))
+    except StripeUnavailable as exc:
+        if exc.answered_5xx:
+            clients.redis.hincrby(ATTEMPTS_HASH, base_key, 1)
+        raise
+
+
+def _metadata_query(name: str, value: str) -> str:
+    """A Stripe search query for objects whose metadata `name` is `value`."""
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"metadata['{name}']:'{quoted}'"
 
 
 def _ensure_customer(clients: Clients, client: stripe.StripeClient, customer_id: str) -> str:
     known = mapped_customer(clients, customer_id)
     if known:
         return known
-    created = stripe_call(
-        "stripe.customers.create",
-        lambda: client.v1.customers.create(
-            {"description": f"MeterFlow customer {customer_id}", "metadata": {"meterflow_customer_id": customer_id}},
-            {"idempotency_key": customer_key(customer_id)},
-        ),
-    )
+    base_key = customer_key(customer_id)
+    created = None
+    if clients.redis.hexists(ATTEMPTS_HASH, base_key):  # an attempt got a 5xx: did it create the customer?
+        found = stripe_call(
+            "stripe.customers.search",
+            lambda: client.v1.customers.search({"query": _metadata_query("meterflow_customer_id", customer_id)}),
+        )
+        created = found.data[0] if found.data else None
+    if created is None:
+        created = keyed_call(
+            clients,
+            "stripe.customers.create",
+            base_key,
+            lambda key: client.v1.customers.create(
+                {"description": f"MeterFlow customer {customer_id}", "metadata": {"meterflow_customer_id": customer_id}},
+                {"idempotency_key": key},
+            ),
+        )
     # Runs of other periods may create the same customer at the same time
     # (same idempotency key, so the same Stripe customer); the first mapping stays.
     clients.redis.hsetnx(CUSTOMERS_HASH, customer_id, created.id)
@@ -201,8 +315,8 @@ def _ensure_customer(clients: Clients, client: stripe.StripeClient, customer_id:
     return clients.redis.hget(CUSTOMERS_HASH, customer_id).decode()
 
 
-def _send(client: stripe.StripeClient, op: StripeOperation, payload: dict[str, Any]) -> Any:
-    options: stripe.RequestOptions = {"idempotency_key": op.idempotency_key}
+def _send(client: stripe.StripeClient, op: StripeOperation, payload: dict[str, Any], key: str) -> Any:
+    options: stripe.RequestOptions = {"idempotency_key": key}
     if op.action == CREATE_INVOICE:
         return client.v1.invoices.create(payload, options)  # type: ignore[arg-type]
     if op.action == CREATE_INVOICE_ITEM:
@@ -218,9 +332,9 @@ def _send(client: stripe.StripeClient, op: StripeOperation, payload: dict[str, A
 
 def _reconcile(client: stripe.StripeClient, progress: _Progress, plan: BillingPlan) -> None:
     """Mark the pending steps Stripe carried out although their answer never
-    reached the record (a lost response, a crash before the write). Within
-    24 hours the idempotency keys alone would cover them; after that Stripe
-    has forgotten the keys, so ask it for the invoice's items and status."""
+    reached the record (a lost response, a 5xx, a crash before the write).
+    Within 24 hours the idempotency keys alone would cover lost answers, not
+    a 5xx Stripe saved; so ask Stripe for the invoice's items and status."""
     invoice_id = progress.fields["stripe_invoice_id"]
     pending = {
         op.idempotency_key: op.step
@@ -235,17 +349,59 @@ def _reconcile(client: stripe.StripeClient, progress: _Progress, plan: BillingPl
             step = pending.get((item.to_dict().get("metadata") or {}).get("meterflow_idempotency_key"))
             if step:
                 progress.save_step(step, item.id)
-    if not progress.done(STEP_FINALIZE):
+    if not (progress.done(STEP_FINALIZE) and progress.done(STEP_SEND)):
         invoice = stripe_call("stripe.invoices.retrieve", lambda: client.v1.invoices.retrieve(invoice_id))
-        if invoice.status != "draft":
+        if invoice.status != "draft" and not progress.done(STEP_FINALIZE):
             progress.save_step(STEP_FINALIZE, invoice_id)
+        if invoice.status in SETTLED and not progress.done(STEP_SEND):
+            progress.save_step(STEP_SEND, invoice_id)  # paid or closed: there is nothing left to send
+
+
+def _find_in_stripe(client: stripe.StripeClient, invoice_id: str) -> Any | None:
+    """The Stripe invoice created for MeterFlow's `invoice_id`, if any: one
+    past its draft first (that is the one billed), else the oldest draft."""
+    found = stripe_call(
+        "stripe.invoices.search",
+        lambda: client.v1.invoices.search({"query": _metadata_query("meterflow_invoice_id", invoice_id)}),
+    )
+    return min(found.data, key=lambda i: (i.status == "draft", i.created), default=None)
+
+
+def _adopt(
+    client: stripe.StripeClient, progress: _Progress, plan: BillingPlan, invoice_json: str, found: Any
+) -> BillingPlan:
+    """Rebuild the progress record around the Stripe invoice `found` (the
+    record is gone: lost, or never written because the answer was lost) and
+    return the plan still to carry out on it."""
+    progress.save(
+        invoice=invoice_json,
+        plan=plan.to_json(),
+        stripe_customer_id=found.customer,
+        stripe_invoice_id=found.id,
+        status="in_progress",
+        **{f"step:{STEP_INVOICE}": found.id},
+    )
+    _reconcile(client, progress, plan)
+    if progress.done(STEP_FINALIZE):
+        # Stripe's invoice is final: items it lacks can no longer be added,
+        # and what it holds is what was billed.
+        kept = tuple(op for op in plan.operations if op.action != CREATE_INVOICE_ITEM or progress.done(op.step))
+        if len(kept) != len(plan.operations):
+            items = [op for op in kept if op.action == CREATE_INVOICE_ITEM]
+            plan = replace(
+                plan, operations=kept, line_items=len(items),
+                total_amount_cents=sum(op.payload["amount"] for op in items),
+            )  # fmt: skip
+            progress.save(plan=plan.to_json())
+    log.warning("billing_record_rebuilt_from_stripe", run_key=plan.idempotency_key, stripe_invoice_id=found.id)
+    return plan
 
 
 def _live_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int, invoice: Invoice | None) -> BillingRun:
     run_key = billing_key(customer_id, start_ms, end_ms)
     lock = clients.redis.lock(f"{RECORD_PREFIX}{run_key}:lock", timeout=LOCK_TIMEOUT_S, blocking=False)
     if not lock.acquire():
-        raise HTTPException(409, "a billing run for this customer and period is in progress; try again when it ends")
+        raise BillingBusy("a billing run for this customer and period is in progress; try again when it ends")
     try:
         return _run_locked(clients, customer_id, start_ms, end_ms, run_key, invoice)
     finally:
@@ -265,29 +421,47 @@ def _run_locked(
     client = stripe_client(clients)
     if progress.fields:  # interrupted earlier: resume the recorded plan
         plan = BillingPlan.from_json(progress.fields["plan"])
-        customer, invoice_json = progress.fields["stripe_customer_id"], progress.fields["invoice"]
         _reconcile(client, progress, plan)
         log.info("billing_run_resumed", run_key=run_key)
-    else:
-        invoice = invoice or calculate_invoice(clients, customer_id, start_ms, end_ms)
-        if not invoice.lines:
-            return BillingRun(_render(invoice), "live", plan_billing(invoice, CUSTOMER_REF), None, None, "no_usage")
-        customer = _ensure_customer(clients, client, customer_id)
-        plan = plan_billing(invoice, customer)
-        invoice_json = json.dumps(_render(invoice))
-    refs = {CUSTOMER_REF: customer, INVOICE_REF: progress.fields.get("stripe_invoice_id", INVOICE_REF)}
+        return _carry_out(clients, client, progress, plan)
+    invoice = invoice or calculate_invoice(clients, customer_id, start_ms, end_ms)
+    if not invoice.lines:
+        return BillingRun(_render(invoice), "live", plan_billing(invoice, CUSTOMER_REF), None, None, "no_usage")
+    claim_period(clients.redis, customer_id, start_ms, end_ms)
+    invoice_json = json.dumps(_render(invoice))
+    try:
+        found = _find_in_stripe(client, invoice.invoice_id)
+        if found is not None:  # billed before, but the record is gone: resume that invoice
+            plan = _adopt(client, progress, plan_billing(invoice, found.customer), invoice_json, found)
+        else:
+            plan = plan_billing(invoice, _ensure_customer(clients, client, customer_id))
+        return _carry_out(clients, client, progress, plan, invoice_json)
+    except StripeRefused:
+        if not progress.fields:  # refused before any Stripe invoice exists: nothing is billed
+            _release_claim(clients.redis, customer_id, start_ms, end_ms)
+        raise
+
+
+def _carry_out(
+    clients: Clients, client: stripe.StripeClient, progress: _Progress, plan: BillingPlan, invoice_json: str = ""
+) -> BillingRun:
+    """Send the plan's steps not yet done, recording each; `invoice_json` is
+    recorded with the Stripe invoice when this run creates it."""
+    run_key = plan.idempotency_key
+    refs = {CUSTOMER_REF: plan.operations[0].payload["customer"],
+            INVOICE_REF: progress.fields.get("stripe_invoice_id", INVOICE_REF)}  # fmt: skip
     for op in plan.operations:
         if progress.done(op.step):
             continue
         payload = resolve(op.payload, refs)
-        result = stripe_call(f"{op.action} ({op.step})", partial(_send, client, op, payload))
+        result = keyed_call(clients, f"{op.action} ({op.step})", op.idempotency_key, partial(_send, client, op, payload))
         log.info("billing_step_sent", run_key=run_key, step=op.step, stripe_id=result.id)
         if op.step == STEP_INVOICE:
             refs[INVOICE_REF] = result.id
             progress.save(
                 invoice=invoice_json,
                 plan=plan.to_json(),
-                stripe_customer_id=customer,
+                stripe_customer_id=refs[CUSTOMER_REF],
                 stripe_invoice_id=result.id,
                 status="in_progress",
                 **{f"step:{op.step}": result.id},

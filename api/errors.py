@@ -21,6 +21,24 @@ class ServiceUnavailable(Exception):
         self.reason = reason
 
 
+class Conflict(Exception):
+    """The request collides with work in progress or already done (e.g. a
+    billing period overlapping one already billed); answered 409."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UpstreamRefused(Exception):
+    """A third party (Stripe) refused what was asked of it; answered 502,
+    since the client's request itself was valid."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _describe(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -127,3 +145,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         return JSONResponse({"error": exc.reason}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"error": exc.reason}, status_code=409)
+
+    @app.exception_handler(UpstreamRefused)
+    async def upstream_refused(_: Request, exc: UpstreamRefused) -> JSONResponse:
+        return JSONResponse({"error": exc.reason}, status_code=502)

@@ -2,11 +2,25 @@
 
 It records every request the real Stripe SDK sends (method, path, form
 body, Idempotency-Key, Authorization) and answers with Stripe-shaped JSON
-for the few endpoints billing uses. Like Stripe, it keeps the answer to a
-request with an idempotency key and replays it for a repeat of that key,
-until told to forget (Stripe forgets after 24 hours). Scripted failures
-make it answer 4xx/5xx, optionally after carrying the request out (an
-answer lost on the way back). Payments (`pay`, `fail_payment`) change an
+for the few endpoints billing uses. It is as strict as Stripe about
+idempotency keys (https://docs.stripe.com/api/idempotent_requests):
+
+- the answer to a request with a key is saved when the request executed,
+  success or 5xx alike, and replayed for a repeat of that key (header
+  `Idempotent-Replayed: true`; a replayed or saved 5xx carries
+  `Stripe-Should-Retry: false`, so the SDK does not retry it in vain),
+  until told to forget (Stripe forgets after 24 hours);
+- a 4xx (the request failed validation) is not saved;
+- a key reused with other parameters, method or path answers 400
+  `idempotency_error` and executes nothing;
+- a key whose first request is still in flight answers 409
+  `idempotency_error` (the SDK retries that).
+
+Scripted failures make it answer 4xx/5xx, optionally after carrying the
+request out (`commit`: the answer is lost on the way back, as a network or
+proxy failure loses it; Stripe saved the real answer). `stall` holds a
+request in flight until released. Search (`/v1/invoices/search`,
+`/v1/customers/search`) takes `metadata['k']:'v'` clauses joined by AND. Payments (`pay`, `fail_payment`) change an
 invoice's status and, as Stripe does, POST a signed event (`invoice.paid`,
 `invoice.payment_failed`) to `webhook_url`.
 """
@@ -35,6 +49,7 @@ from meterflow.settings import Settings
 from meterflow.stack import HOST, Stack, free_port
 
 Reply = tuple[int, dict[str, Any]]
+_SEARCH_CLAUSE = re.compile(r"metadata\['([^']+)'\]:'((?:[^'\\]|\\.)*)'")
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,13 @@ class _Failure:
     commit: bool  # carry the request out, then answer the error anyway
 
 
+@dataclass
+class _Stall:
+    method: str
+    path: re.Pattern[str]
+    release: threading.Event
+
+
 def _error(status: int, error_type: str, message: str) -> Reply:
     return status, {"error": {"type": error_type, "message": message}}
 
@@ -71,8 +93,10 @@ class StripeStandIn:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.objects: dict[str, dict[str, Any]] = {}
-        self._replies: dict[str, Reply] = {}
+        self._replies: dict[str, tuple[tuple[Any, ...], Reply]] = {}  # key -> (request fingerprint, answer)
+        self._in_flight: set[str] = set()
         self._failures: list[_Failure] = []
+        self._stalls: list[_Stall] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((HOST, free_port()), _handler(self))
@@ -105,6 +129,14 @@ class StripeStandIn:
         """Answer the next `times` requests matching `method` and the `path` regex with an error."""
         with self._lock:
             self._failures.append(_Failure(method, re.compile(path), times, status, error_type, message, commit))
+
+    def stall(self, method: str, path: str) -> threading.Event:
+        """Hold the next request matching `method` and the `path` regex in
+        flight (before it executes) until the returned event is set."""
+        stall = _Stall(method, re.compile(path), threading.Event())
+        with self._lock:
+            self._stalls.append(stall)
+        return stall.release
 
     def forget_idempotency_keys(self) -> None:
         """What Stripe does 24 hours after a key was first used."""
@@ -154,33 +186,90 @@ class StripeStandIn:
     def items_of(self, invoice_id: str) -> list[dict[str, Any]]:
         return [o for o in self.objects.values() if o["object"] == "invoiceitem" and o["invoice"] == invoice_id]
 
-    def handle(self, method: str, url: str, form: dict[str, str], headers: dict[str, str]) -> Reply:
+    def handle(
+        self, method: str, url: str, form: dict[str, str], headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The answer (status, body, extra headers) to one request, recorded in `requests`."""
         parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
         key = headers.get("idempotency-key")
+        fingerprint = (method, parts.path, tuple(sorted(query.items())), tuple(sorted(form.items())))
         with self._lock:
-            failure = next(
-                (f for f in self._failures if f.remaining > 0 and f.method == method and f.path.fullmatch(parts.path)),
-                None,
+            if key is not None and key in self._in_flight:
+                return self._record(method, parts, form, headers, _error(
+                    409, "idempotency_error", f"There is currently another in-progress request using the key '{key}'."
+                ))  # fmt: skip
+            if key is not None:
+                self._in_flight.add(key)
+            stall = next((s for s in self._stalls if s.method == method and s.path.fullmatch(parts.path)), None)
+            if stall is not None:
+                self._stalls.remove(stall)
+        try:
+            if stall is not None:
+                stall.release.wait(30)
+            with self._lock:
+                return self._answer(method, parts, query, form, headers, key, fingerprint)
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)  # type: ignore[arg-type]
+
+    def _answer(
+        self, method: str, parts: Any, query: dict[str, str], form: dict[str, str], headers: dict[str, str],
+        key: str | None, fingerprint: tuple[Any, ...],
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
+        extra: dict[str, str] = {}
+        saved = self._replies.get(key) if key is not None else None
+        if saved is not None and saved[0] != fingerprint:
+            return self._record(method, parts, form, headers, _error(
+                400, "idempotency_error",
+                f"Keys for idempotent requests can only be used with the same parameters they were first used with. "
+                f"Try using a key other than '{key}' if you meant to execute a different request.",
+            ))  # fmt: skip
+        failure = next(
+            (f for f in self._failures if f.remaining > 0 and f.method == method and f.path.fullmatch(parts.path)),
+            None,
+        )
+        if failure is not None:
+            failure.remaining -= 1
+        if saved is not None:
+            reply = saved[1]
+            extra["Idempotent-Replayed"] = "true"
+        elif failure is not None and not failure.commit:
+            reply = _error(failure.status, failure.error_type, failure.message)
+        else:
+            reply = self._route(method, parts.path, query, form)
+        if key is not None and saved is None and (reply[0] < 400 or reply[0] >= 500):
+            self._replies[key] = (fingerprint, reply)  # executed: saved, 5xx included; a 4xx is not
+        if reply[0] >= 500:
+            extra["Stripe-Should-Retry"] = "false"  # Stripe replays it for this key anyway
+        if failure is not None and failure.commit:  # carried out, but the answer is lost on the way
+            reply, extra = _error(failure.status, failure.error_type, failure.message), {}
+        return self._record(method, parts, form, headers, reply, extra)
+
+    def _record(
+        self, method: str, parts: Any, form: dict[str, str], headers: dict[str, str], reply: Reply,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
+        self.requests.append(
+            Recorded(
+                method, parts.path, dict(parse_qsl(parts.query)), form, headers.get("idempotency-key"),
+                headers.get("authorization"), reply[0],
             )
-            if failure is not None:
-                failure.remaining -= 1
-            if failure is not None and not failure.commit:
-                reply = _error(failure.status, failure.error_type, failure.message)
-            elif key is not None and key in self._replies:
-                reply = self._replies[key]
-            else:
-                reply = self._route(method, parts.path, dict(parse_qsl(parts.query)), form)
-                if key is not None and reply[0] < 500:
-                    self._replies[key] = reply
-            if failure is not None and failure.commit:
-                reply = _error(failure.status, failure.error_type, failure.message)
-            self.requests.append(
-                Recorded(
-                    method, parts.path, dict(parse_qsl(parts.query)), form, key,
-                    headers.get("authorization"), reply[0],
-                )
-            )  # fmt: skip
-            return reply
+        )  # fmt: skip
+        return reply[0], reply[1], extra or {}
+
+    def _search(self, kind: str, path: str, query: dict[str, str]) -> Reply:
+        text = query.get("query", "")
+        clauses = [c.strip() for c in re.split(r"\s+AND\s+", text)]
+        parsed = [_SEARCH_CLAUSE.fullmatch(c) for c in clauses]
+        if not text or not all(parsed):
+            return _error(400, "invalid_request_error", f"the stand-in cannot parse the search query {text!r}")
+        wanted = {m[1]: re.sub(r"\\(.)", r"\1", m[2]) for m in parsed if m}
+        found = [
+            o for o in self.objects.values()
+            if o["object"] == kind and all(o.get("metadata", {}).get(k) == v for k, v in wanted.items())
+        ]  # fmt: skip
+        return 200, {"object": "search_result", "url": path, "has_more": False, "next_page": None, "data": found}
 
     def _create(self, prefix: str, fields: dict[str, Any]) -> Reply:
         obj = {"id": f"{prefix}_standin{next(self._ids)}", "livemode": False, "created": 1767225600, **fields}
@@ -201,6 +290,10 @@ class StripeStandIn:
             fields = {k: form.get(k) for k in ("customer", "invoice", "currency", "description")}
             amount = int(form["amount"])
             return self._create("ii", {"object": "invoiceitem", "amount": amount, "metadata": meta, **fields})
+        if (method, path) == ("GET", "/v1/invoices/search"):
+            return self._search("invoice", path, query)
+        if (method, path) == ("GET", "/v1/customers/search"):
+            return self._search("customer", path, query)
         if (method, path) == ("GET", "/v1/invoices"):
             found = [
                 o for o in self.objects.values()
@@ -233,9 +326,11 @@ def _handler(standin: StripeStandIn) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             form = dict(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, body = standin.handle(self.command, self.path, form, headers)
+            status, body, extra = standin.handle(self.command, self.path, form, headers)
             raw = json.dumps(body).encode()
             self.send_response(status)
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.send_header("Request-Id", f"req_standin{len(standin.requests)}")

@@ -157,15 +157,20 @@ def posts(requests: list) -> list[tuple[str, int]]:
     return [(r.path, r.status) for r in requests if r.method == "POST"]
 
 
-def test_live_run_sends_the_plan_through_the_sdk_retries_a_500_and_never_bills_twice(live, customer, ingest, redis):
-    t = now_ms() - HOUR
+def test_live_run_sends_the_plan_through_the_sdk_retries_a_lost_answer_and_never_bills_twice(
+    live, customer, ingest, redis
+):
+    t = now_ms() - 4 * HOUR
     ingest(customer, usage_events(customer.customer_id, t))
     period = period_around(t)
     key = billing_key(customer.customer_id, period["start"], period["end"])
-    live.stripe.fail("POST", "/v1/invoiceitems")  # the first item's first attempt: a 500
+    # The first item's first answer is lost on the way back (Stripe created the item and saved its answer).
+    live.stripe.fail("POST", "/v1/invoiceitems", commit=True)
 
     response, sent = live.run(customer, period)
     assert response.status_code == 200, response.text
+    assert (sent[0].method, sent[0].path) == ("GET", "/v1/invoices/search")  # billed before? (no)
+    sent = sent[1:]
     run = response.json()
     summary = run["stripe_operations"]["summary"]
     cus, invoice_id = summary["stripe_customer_id"], summary["stripe_invoice_id"]
@@ -175,7 +180,7 @@ def test_live_run_sends_the_plan_through_the_sdk_retries_a_500_and_never_bills_t
         ("/v1/customers", 200),
         ("/v1/invoices", 200),
         ("/v1/invoiceitems", 500),
-        ("/v1/invoiceitems", 200),  # the SDK's retry
+        ("/v1/invoiceitems", 200),  # the SDK's retry, same key: Stripe replays the saved answer
         ("/v1/invoiceitems", 200),
         ("/v1/invoiceitems", 200),
         (f"/v1/invoices/{invoice_id}/finalize", 200),
@@ -223,11 +228,87 @@ def test_live_run_sends_the_plan_through_the_sdk_retries_a_500_and_never_bills_t
     assert replay["stripe_operations"]["operations"] == run["stripe_operations"]["operations"]
     assert replay["invoice"] == run["invoice"]  # the invoice as billed, not as it would be now
 
-    # Another period of the same customer reuses the stored Stripe customer.
-    other, other_period = live.run(customer, {"start": period["start"], "end": period["end"] + 1})
+    # An overlapping period is refused, naming the invoice that covers it; nothing reaches Stripe.
+    overlapping, sent_overlapping = live.run(customer, {"start": period["start"], "end": period["end"] + 1})
+    assert overlapping.status_code == 409, overlapping.text
+    assert run["invoice"]["invoice_id"] in overlapping.json()["error"] and "overlaps" in overlapping.json()["error"]
+    assert sent_overlapping == []
+    inside, sent_inside = live.run(customer, {"start": period["start"] + 1, "end": period["end"] - 1})
+    assert inside.status_code == 409 and sent_inside == []
+
+    # A period that does not overlap is billed, to the stored Stripe customer.
+    later = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, later))
+    other, other_period = live.run(customer, period_around(later))
     assert other.status_code == 200, other.text
     assert posts(other_period)[0] == ("/v1/invoices", 200)
-    assert other_period[0].form["customer"] == cus
+    assert [r.form["customer"] for r in other_period if r.path == "/v1/invoices"] == [cus]
+
+
+def test_a_5xx_stripe_saved_is_retried_under_a_new_key_after_asking_stripe(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    period = period_around(t)
+    key = billing_key(customer.customer_id, period["start"], period["end"])
+    # Stripe answers the first item with a 500 and saves it under the key: the same key would replay it.
+    live.stripe.fail("POST", "/v1/invoiceitems")
+
+    failed, sent = live.run(customer, period)
+    assert failed.status_code == 503, failed.text
+    assert posts(sent)[-1] == ("/v1/invoiceitems", 500)  # Stripe-Should-Retry: false, the SDK does not retry
+    invoice_id = redis.hget(f"billing:{key}", "stripe_invoice_id").decode()
+    assert live.stripe.items_of(invoice_id) == []
+
+    resumed, sent = live.run(customer, period)
+    assert resumed.status_code == 200, resumed.text
+    assert [(r.method, r.path, r.idempotency_key) for r in sent] == [
+        ("GET", "/v1/invoiceitems", None),  # did the failed attempt create the item after all?
+        ("GET", f"/v1/invoices/{invoice_id}", None),
+        ("POST", "/v1/invoiceitems", f"{key}:item:api_calls:retry1"),  # a new key: the old one replays the 500
+        ("POST", "/v1/invoiceitems", f"{key}:item:bandwidth"),
+        ("POST", "/v1/invoiceitems", f"{key}:item:storage_peak"),
+        ("POST", f"/v1/invoices/{invoice_id}/finalize", f"{key}:finalize"),
+        ("POST", f"/v1/invoices/{invoice_id}/send", f"{key}:send"),
+    ]
+    assert {r.status for r in sent} == {200}
+    assert sorted(item["amount"] for item in live.stripe.items_of(invoice_id)) == [0, 123, 200]
+    # The item keeps its step's key in its metadata, whatever the request's key was.
+    assert {i["metadata"]["meterflow_idempotency_key"] for i in live.stripe.items_of(invoice_id)} == {
+        f"{key}:item:api_calls", f"{key}:item:bandwidth", f"{key}:item:storage_peak",
+    }  # fmt: skip
+
+
+def test_with_the_record_lost_and_the_keys_forgotten_a_rerun_finds_the_stripe_invoice(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    period = period_around(t)
+    key = billing_key(customer.customer_id, period["start"], period["end"])
+    first, _ = live.run(customer, period)
+    assert first.status_code == 200, first.text
+    summary = first.json()["stripe_operations"]["summary"]
+    invoice_id = summary["stripe_invoice_id"]
+
+    redis.delete(f"billing:{key}")  # Redis lost the progress record
+    live.stripe.forget_idempotency_keys()  # and more than 24 hours passed
+    again, sent = live.run(customer, period)
+    assert again.status_code == 200, again.text
+    assert sent[0].method == "GET" and sent[0].path == "/v1/invoices/search"
+    assert sent[0].query["query"] == f"metadata['meterflow_invoice_id']:'{first.json()['invoice']['invoice_id']}'"
+    # Nothing new is billed: no invoice, no item; the open invoice is only sent again.
+    assert posts(sent) == [(f"/v1/invoices/{invoice_id}/send", 200)]
+    billed = [o for o in live.stripe.objects.values() if o["object"] == "invoice"
+              and o["metadata"].get("meterflow_idempotency_key") == key]  # fmt: skip
+    assert [o["id"] for o in billed] == [invoice_id] and len(live.stripe.items_of(invoice_id)) == 3
+    rebuilt = again.json()["stripe_operations"]["summary"]
+    assert (rebuilt["stripe_invoice_id"], rebuilt["status"], rebuilt["total_amount_cents"]) == (invoice_id, "sent", 323)
+
+    # Paid in the meantime: nothing is sent at all.
+    live.stripe.objects[invoice_id]["status"] = "paid"
+    redis.delete(f"billing:{key}")
+    live.stripe.forget_idempotency_keys()
+    paid, sent = live.run(customer, period)
+    assert paid.status_code == 200, paid.text
+    assert posts(sent) == []
 
 
 def test_an_interrupted_run_resumes_days_later_without_billing_twice(live, customer, ingest, redis):
@@ -305,6 +386,7 @@ def test_a_stripe_refusal_is_502_and_bills_nothing(live, customer, ingest, redis
     assert refused.json()["error"] == "Stripe refused stripe.invoices.create (invoice): No such customer: 'cus_gone'"
     assert posts(sent)[-1] == ("/v1/invoices", 400)  # a 4xx is not retried
     assert not redis.exists(f"billing:{key}")  # nothing billed: the next run plans afresh
+    assert redis.zcard(f"billing:periods:{customer.customer_id}") == 0  # nor is the period claimed
 
     again, sent = live.run(customer, period)
     assert again.status_code == 200 and again.json()["stripe_operations"]["summary"]["status"] == "sent"
