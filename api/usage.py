@@ -8,7 +8,6 @@ FINAL so replayed rows that are not merged yet are never counted twice.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,12 +17,17 @@ from clickhouse_connect.driver.client import Client as ClickHouseClient
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from api.errors import ServiceUnavailable
-from operators.metrics import Aggregation, Metric
+from operators.metrics import QUANTITY_SCALE, Aggregation, Metric
 
 PROPERTY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 MISSING_GROUP = "(none)"
 
-_NUMBER = "toFloat64OrZero(properties[{prop:String}])"
+# Metered values are parsed as exact decimals of the quantity domain's scale
+# and added up as Decimal(76, 9): no binary float between an event's property
+# and an invoice line, and no sum of in-domain values can overflow. A value
+# that is not a number (only events stored before validation held metered
+# properties to the domain) is NULL, which every aggregate skips.
+_NUMBER = f"toDecimal256OrNull(properties[{{prop:String}}], {QUANTITY_SCALE})"  # sql-ok
 AGGREGATES: dict[Aggregation, str] = {
     Aggregation.COUNT: "count()",
     Aggregation.SUM: f"sum({_NUMBER})",
@@ -40,10 +44,12 @@ class Usage:
     breakdown: dict[str, Decimal] | None = None
 
 
-def to_decimal(value: Any) -> Decimal:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+def to_decimal(value: Decimal | int | None) -> Decimal:
+    """An aggregate as ClickHouse returns it: Decimal, an integer count, or
+    NULL when no event had a value."""
+    if value is None:
         return Decimal(0)
-    return Decimal(str(value))
+    return value if isinstance(value, Decimal) else Decimal(value)
 
 
 def run_query(client: ClickHouseClient, sql: str, parameters: dict[str, Any]) -> list[tuple]:

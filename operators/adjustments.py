@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from operators.invoices import InvoiceLine
 from operators.metrics import Metric
-from operators.pricing import PricingRule, price
+from operators.pricing import PricingRule, exact_arithmetic, price
 
 ADJUSTMENT_PRICE_DISPLAY = "Adjustment"
 
@@ -59,6 +59,7 @@ def adjustment_id(invoice_id: str, metric_code: str, accounted: Decimal, now: De
     return "adj_" + digest[:24]
 
 
+@exact_arithmetic
 def late_usage_adjustments(
     customer_id: str,
     invoice_id: str,
@@ -90,6 +91,7 @@ def late_usage_adjustments(
     return adjustments
 
 
+@exact_arithmetic
 def adjustment_lines(adjustments: Iterable[Adjustment], metrics: Mapping[str, Metric]) -> tuple[InvoiceLine, ...]:
     """Invoice lines for `adjustments`: one per (adjusted invoice, metric), summed."""
     totals: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Any, Mapping, NamedTuple
 
 import orjson
+
+from operators.metrics import DEFAULT_METERED, QUANTITY_MAX, QUANTITY_SCALE, MeteredProperties
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 ID_MAX_LEN = 255
@@ -29,6 +32,11 @@ MAX_AGE_MS = 30 * 24 * 3600 * 1000
 # form (orjson) can write and every consumer of it can read back exactly.
 PROPERTY_INT_MIN = -(2**63)
 PROPERTY_INT_MAX = 2**63 - 1
+
+# A quantity written as a string: plain decimal notation, the scale bounded.
+_QUANTITY_TEXT = re.compile(rf"-?[0-9]{{1,19}}(\.[0-9]{{1,{QUANTITY_SCALE}}})?").fullmatch
+# A seconds timestamp of the last 30 days, read as milliseconds, lies in 1970.
+_SECONDS_BEFORE = 10**11
 
 # A valid identifier, length included, in one match: the fast path of _check_id.
 _VALID_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{ID_MAX_LEN}}}").fullmatch
@@ -118,6 +126,10 @@ def _check_timestamp(raw: Mapping[str, Any], now_ms: int) -> int:
     if ts > now_ms + MAX_FUTURE_MS:
         raise InvalidEvent("timestamp is more than 5 minutes in the future")
     if ts < now_ms - MAX_AGE_MS:
+        if 0 < ts < _SECONDS_BEFORE and now_ms - MAX_AGE_MS <= ts * 1000 <= now_ms + MAX_FUTURE_MS:
+            raise InvalidEvent(
+                "timestamp is older than 30 days: it looks like Unix seconds; send milliseconds (seconds x 1000)"
+            )
         raise InvalidEvent("timestamp is older than 30 days")
     return ts
 
@@ -141,6 +153,50 @@ def _check_property(key: Any, item: Any) -> None:
             raise InvalidEvent(f"property '{key}' is an integer outside the signed 64-bit range")
     else:
         raise InvalidEvent(f"property '{key}' must be a string, number or boolean")
+
+
+def quantity_of(key: str, item: Any, allow_negative: bool) -> Decimal:
+    """The exact value of a metered property, or InvalidEvent saying which
+    rule of the quantity domain (operators.metrics) it breaks.
+
+    A JSON number with a fraction arrives as a double; its shortest decimal
+    form (Python's repr) is the value the client wrote whenever that has at
+    most 15 significant digits. Longer exact values go as numeric strings.
+    """
+    if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+        raise InvalidEvent(f"property '{key}' is a metered quantity and must be a number")
+    if isinstance(item, str):
+        if not _QUANTITY_TEXT(item):
+            raise InvalidEvent(
+                f"property '{key}' is a metered quantity: a string value must be a plain decimal "
+                f"number with at most {QUANTITY_SCALE} digits after the point, like \"12.5\""
+            )
+        value = Decimal(item)
+    elif isinstance(item, float):
+        if not math.isfinite(item):
+            raise InvalidEvent(f"property '{key}' must be a finite number")
+        value = Decimal(repr(item))
+    else:
+        value = Decimal(item)
+    if value < 0 and not allow_negative:
+        raise InvalidEvent(f"property '{key}' is a metered quantity and must not be negative")
+    if abs(value) > QUANTITY_MAX:
+        raise InvalidEvent(f"property '{key}' is larger than {QUANTITY_MAX}, the most one event may carry")
+    exponent = value.as_tuple().exponent  # an int: the value is finite
+    if isinstance(exponent, int) and exponent < -QUANTITY_SCALE:
+        raise InvalidEvent(f"property '{key}' has more than {QUANTITY_SCALE} digits after the decimal point")
+    return value
+
+
+def _check_quantities(properties: dict[str, PropertyValue], metered: tuple[tuple[str, bool], ...]) -> None:
+    for key, allow_negative in metered:
+        item = properties.get(key)
+        if item is None:
+            continue
+        # The common case: a whole number in range.
+        if type(item) is int and 0 <= item <= QUANTITY_MAX:
+            continue
+        quantity_of(key, item, allow_negative)
 
 
 def _check_properties(raw: Mapping[str, Any]) -> dict[str, PropertyValue]:
@@ -170,8 +226,10 @@ def _check_properties(raw: Mapping[str, Any]) -> dict[str, PropertyValue]:
     return value
 
 
-def validate_event(raw: Any, now_ms: int) -> UsageEvent:
-    """Check `raw` against the contract's rules, relative to `now_ms`.
+def validate_event(raw: Any, now_ms: int, metered: MeteredProperties = DEFAULT_METERED) -> UsageEvent:
+    """Check `raw` against the contract's rules, relative to `now_ms`, and
+    its metered properties (`metered`, from the catalog) against the
+    quantity domain.
 
     `now_ms` is the caller's notion of "now": wall-clock time in the API,
     the Kafka message's produce time in the dataflow, so a replay of old
@@ -180,13 +238,17 @@ def validate_event(raw: Any, now_ms: int) -> UsageEvent:
     if not isinstance(raw, dict):
         raise InvalidEvent("event must be a JSON object")
     # _make: a tuple in field order, half the cost of the keyword constructor.
-    return UsageEvent._make((
+    event = UsageEvent._make((
         _check_id(raw, "transaction_id"),
         _check_id(raw, "customer_id"),
         _check_event_type(raw),
         _check_timestamp(raw, now_ms),
         _check_properties(raw),
     ))  # fmt: skip
+    quantities = metered.get(event.event_type)
+    if quantities is not None:
+        _check_quantities(event.properties, quantities)
+    return event
 
 
 def transaction_id_of(raw: Any) -> str:

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
 from operators.metrics import Metric
-from operators.pricing import Model, PricingRule, TierCharge, price
+from operators.pricing import Model, PricingRule, TierCharge, exact_arithmetic, price
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,7 @@ def unit_price_display(rule: PricingRule, unit: str) -> str:
     return rule.model.value.capitalize()  # "Tiered", "Volume"
 
 
+@exact_arithmetic
 def build_invoice(
     customer_id: str,
     start_ms: int,

@@ -18,6 +18,22 @@ class Aggregation(str, enum.Enum):
     def needs_property(self) -> bool:
         return self is not Aggregation.COUNT
 
+    @property
+    def reads_quantity(self) -> bool:
+        """Whether the property's values are numbers the metric adds up or
+        compares, and so must lie in the quantity domain."""
+        return self in (Aggregation.SUM, Aggregation.MAX, Aggregation.AVG, Aggregation.LATEST)
+
+
+# The numeric domain of a metered quantity: the value of a property that a
+# SUM, MAX, AVG or LATEST metric reads. Integers of the signed 64-bit range,
+# or decimals with at most QUANTITY_SCALE digits after the point, never
+# larger in size than QUANTITY_MAX. ClickHouse adds them up as Decimal(76, 9),
+# so a sum of any number of them is exact, and operators.pricing prices them
+# in a Decimal context with room for the largest such sum.
+QUANTITY_SCALE = 9
+QUANTITY_MAX = 2**63 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class Metric:
@@ -27,6 +43,10 @@ class Metric:
     aggregation: Aggregation
     unit: str
     property: str | None = None
+    # Credits: whether a value may be negative (refunds, corrections). A
+    # metric that only adds up (counts, bytes, storage, compute) refuses
+    # negative values, so no event can lower a bill.
+    allow_negative: bool = False
 
     def __post_init__(self) -> None:
         if self.aggregation.needs_property and not self.property:
@@ -43,6 +63,27 @@ DEFAULT_CATALOG: tuple[Metric, ...] = (
 
 def catalog_by_code(catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> dict[str, Metric]:
     return {metric.code: metric for metric in catalog}
+
+
+# event_type -> ((property, allow_negative), ...): the quantities an event of
+# that type carries for the metrics of a catalog.
+MeteredProperties = dict[str, tuple[tuple[str, bool], ...]]
+
+
+def metered_properties(catalog: tuple[Metric, ...] = DEFAULT_CATALOG) -> MeteredProperties:
+    """The properties validation holds to the quantity domain, per event type.
+
+    A property two metrics read allows negative values only if both do.
+    """
+    index: dict[str, dict[str, bool]] = {}
+    for metric in catalog:
+        if metric.aggregation.reads_quantity and metric.property:
+            props = index.setdefault(metric.event_type, {})
+            props[metric.property] = props.get(metric.property, True) and metric.allow_negative
+    return {event_type: tuple(props.items()) for event_type, props in index.items()}
+
+
+DEFAULT_METERED = metered_properties()
 
 
 # Aggregations a detector can follow hour by hour, and how values of one

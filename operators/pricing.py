@@ -2,15 +2,52 @@
 
 Money is `Decimal` throughout and is rounded once, half-up to cents, when a
 line's subtotal is final (`to_cents`); tier amounts are kept exact.
+
+Every sum, product and rounding of quantities and money runs in
+EXACT_CONTEXT (`exact_arithmetic`), not in Python's default context: that
+one keeps 28 digits and would round a large product silently, or refuse to
+quantize it (`InvalidOperation`), where this one has room for the largest
+invoice the quantity domain allows (operators.metrics).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import (
+    ROUND_CEILING,
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from typing import Callable, ParamSpec, TypeVar
 
 CENT = Decimal("0.01")
+
+# A quantity sum has at most 76 digits (ClickHouse's Decimal(76, 9)), a price
+# a few dozen; their product and every total of such products fit in 200
+# digits, so no result is ever rounded but the one to cents. Anything that
+# still does not fit raises instead of being rounded.
+EXACT_CONTEXT = Context(prec=200, rounding=ROUND_HALF_UP, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def exact_arithmetic(func: Callable[P, R]) -> Callable[P, R]:
+    """Run `func` with EXACT_CONTEXT as the thread's Decimal context."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with localcontext(EXACT_CONTEXT):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 class Model(str, enum.Enum):
@@ -68,6 +105,7 @@ class Charge:
         return to_cents(self.amount)
 
 
+@exact_arithmetic
 def to_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
@@ -98,10 +136,16 @@ def _volume(tiers: tuple[Tier, ...], quantity: Decimal) -> Charge:
     raise AssertionError("the last tier is unbounded")  # guarded by PricingRule
 
 
+@exact_arithmetic
 def price(rule: PricingRule, quantity: Decimal) -> Charge:
-    """What `quantity` units cost under `rule` (exact; round with `.subtotal`)."""
+    """What `quantity` units cost under `rule` (exact; round with `.subtotal`).
+
+    A negative quantity (only a metric that allows credits has one) is a
+    credit of what the same quantity would cost.
+    """
     if quantity < 0:
-        raise ValueError("quantity must not be negative")
+        credit = price(rule, -quantity)
+        return Charge(-credit.amount, credit.tiers)
     if rule.model is Model.FLAT:
         return Charge(quantity * rule.unit_price)  # type: ignore[operator]
     if rule.model is Model.PACKAGE:

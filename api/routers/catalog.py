@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, model_serializer
 
-from api.schemas import JsonDecimal
+from api.schemas import ExactJSONResponse, JsonDecimal
 from operators.metrics import DEFAULT_CATALOG, Metric
 from operators.pricing import DEFAULT_PRICING, PricingRule, pricing_by_code
 
@@ -76,12 +76,12 @@ def list_metrics() -> MetricsResponse:
     return MetricsResponse(metrics=[MetricOut.of(m) for m in DEFAULT_CATALOG])
 
 
-@router.get("/pricing", response_model=PricingResponse)
+@router.get("/pricing", response_model=PricingResponse, response_class=ExactJSONResponse)
 def list_pricing() -> PricingResponse:
     return PricingResponse(pricing=[PricingRuleOut.of(rule) for rule in DEFAULT_PRICING])
 
 
-@router.get("/pricing/{metric_code}", response_model=PricingRuleOut)
+@router.get("/pricing/{metric_code}", response_model=PricingRuleOut, response_class=ExactJSONResponse)
 def get_pricing(metric_code: str) -> PricingRuleOut:
     rule = pricing_by_code().get(metric_code)
     if rule is None:

@@ -36,7 +36,7 @@ from api.detection import (
     stored_baselines,
     utc_day,
 )
-from api.schemas import CustomerId, EpochMs, JsonDecimal
+from api.schemas import CustomerId, EpochMs, ExactJSONResponse, JsonDecimal
 from api.usage import query_usage
 from operators.detection import PatternKind, Severity, build_baselines, normalize
 from operators.metrics import Metric, catalog_by_code
@@ -111,7 +111,7 @@ class AnomalyCheckResponse(BaseModel):
     unit: str
 
 
-@router.get("/anomalies/check", response_model=AnomalyCheckResponse)
+@router.get("/anomalies/check", response_model=AnomalyCheckResponse, response_class=ExactJSONResponse)
 def check_anomaly(
     asked: SubjectDep,
     clients: ClientsDep,

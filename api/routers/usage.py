@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from api.deps import ApiKeyDep, ClientsDep, ensure_own_customer
-from api.schemas import CustomerId, EpochMs, JsonDecimal
+from api.schemas import CustomerId, EpochMs, ExactJSONResponse, JsonDecimal
 from api.usage import query_usage
 from operators.metrics import catalog_by_code
 
@@ -29,7 +29,7 @@ class UsageResponse(BaseModel):
     breakdown: dict[str, JsonDecimal] | None = None
 
 
-@router.get("/usage", response_model=UsageResponse, response_model_exclude_none=True)
+@router.get("/usage", response_model=UsageResponse, response_model_exclude_none=True, response_class=ExactJSONResponse)
 def get_usage(
     key: ApiKeyDep,
     clients: ClientsDep,

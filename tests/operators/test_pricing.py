@@ -72,6 +72,25 @@ def test_invalid_rules_are_refused(kwargs):
         PricingRule("x", **kwargs)
 
 
-def test_negative_quantity_is_refused():
-    with pytest.raises(ValueError):
-        price(DEFAULT_PRICING[0], D(-1))
+def test_negative_quantity_is_a_credit_of_what_it_would_cost():
+    # Only a metric that allows credits has one (operators.metrics.Metric.allow_negative).
+    assert price(RULES["api_calls"], D(-15000)).amount == -price(RULES["api_calls"], D(15000)).amount
+    assert price(RULES["bandwidth"], D(-3500)).subtotal == D("-0.04")
+
+
+def test_the_largest_quantity_sum_prices_exactly_without_a_decimal_error():
+    # ClickHouse sums quantities as Decimal(76, 9): the largest such sum, at
+    # the contract's prices, is priced and rounded with no digit lost.
+    largest = D("9" * 67 + "." + "9" * 9)
+    for rule in DEFAULT_PRICING:
+        charge = price(rule, largest)
+        assert charge.subtotal == to_cents(charge.amount)
+    assert price(RULES["bandwidth"], largest).amount == D("9" * 62 + "." + "9" * 14)
+    assert price(RULES["storage_peak"], largest).subtotal == D("9" * 66 + ".99") + D("0.01")
+
+
+def test_a_product_beyond_the_default_28_digits_is_not_rounded():
+    two_int64 = D(2 * (2**63 - 1))
+    assert price(RULES["bandwidth"], two_int64).amount == D("184467440737095.51614")
+    big = D("123456789012345678901234567890.123456789")
+    assert price(RULES["compute_time"], big).amount == D("1234567890123456789012345.67890123456789")
