@@ -33,6 +33,12 @@ class EventBatch(BaseModel):
                     "properties": {
                         "type": "object",
                         "additionalProperties": {"type": ["string", "number", "boolean"]},
+                        "description": (
+                            "Metered properties (the value property of a SUM, MAX, AVG or LATEST metric of "
+                            "the event's type: bytes, gb_stored, cpu_ms by default) are quantities: a number "
+                            "or a plain decimal string, at most 9 digits after the point, at most "
+                            "9223372036854775807, not negative. See docs/api.md, Quantities."
+                        ),
                     },
                 },
             }
