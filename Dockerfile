@@ -12,7 +12,8 @@ COPY api ./api
 RUN pip install --no-cache-dir .
 
 # In a container, loopback is the container's own: listen on every address
-# (the API, and the dataflow's /metrics on 19464).
+# (the API, and the dataflow's /metrics on 19464). So the API needs
+# ADMIN_TOKEN here: without one it refuses to start (api/serve.py).
 ENV API_HOST=0.0.0.0 FLOW_METRICS_HOST=0.0.0.0
 EXPOSE 3000 19464
 # uvicorn with API_WORKERS processes, /metrics summed over them (api/serve.py)

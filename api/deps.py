@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Iterator
 
 import redis
 import structlog
@@ -29,7 +31,8 @@ class Clients:
 
     settings: Settings
     redis: redis.Redis
-    rate_limiter: RateLimiter
+    rate_limiter: RateLimiter  # per customer (X-API-Key routes)
+    admin_rate_limiter: RateLimiter  # per client address (/v1/admin/*)
     s3: Minio  # makes no connection until used
     _producer: Producer
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -43,6 +46,9 @@ class Clients:
             redis=redis_conn,
             rate_limiter=RateLimiter(
                 redis_conn, settings.rate_limit_requests, settings.rate_limit_window_s
+            ),
+            admin_rate_limiter=RateLimiter(
+                redis_conn, settings.admin_rate_limit_requests, settings.admin_rate_limit_window_s
             ),
             s3=s3_client(settings),
             _producer=kafka_producer(settings),
@@ -85,6 +91,16 @@ class Clients:
             self._clickhouse.close()
 
 
+@contextmanager
+def store(what: str) -> Iterator[None]:
+    """Redis errors inside become a 503 that names `what`: the request may
+    be repeated once Redis is back."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"{what} unavailable: {exc}") from exc
+
+
 def get_clients(request: Request) -> Clients:
     return request.app.state.clients
 
@@ -92,25 +108,13 @@ def get_clients(request: Request) -> Clients:
 ClientsDep = Annotated[Clients, Depends(get_clients)]
 
 
-def require_api_key(
-    request: Request,
-    clients: ClientsDep,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> keys.ApiKeyRecord:
-    """The caller's key, after the customer's rate limit admitted the request.
+def _admit(request: Request, limiter: RateLimiter, subject: str) -> None:
+    """Count the request against `subject`'s window; 429 past the limit.
 
     The limit's headers go to `request.state`, from where a middleware puts
     them on the response, error responses included.
     """
-    if not x_api_key:
-        raise HTTPException(401, "missing X-API-Key header")
-    try:
-        record = keys.lookup_key(clients.redis, x_api_key)
-        if record is None:
-            raise HTTPException(401, "invalid or revoked API key")
-        decision = clients.rate_limiter.hit(record.customer_id)
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(f"key store unavailable: {exc}") from exc
+    decision = limiter.hit(subject)
     request.state.rate_limit_headers = decision.headers()
     if not decision.allowed:
         metrics.RATE_LIMITED.inc()
@@ -119,6 +123,21 @@ def require_api_key(
             f"rate limit of {decision.limit} requests per {decision.window_s} s exceeded",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
+
+
+def require_api_key(
+    request: Request,
+    clients: ClientsDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> keys.ApiKeyRecord:
+    """The caller's key, after the customer's rate limit admitted the request."""
+    if not x_api_key:
+        raise HTTPException(401, "missing X-API-Key header")
+    with store("key store"):
+        record = keys.lookup_key(clients.redis, x_api_key)
+        if record is None:
+            raise HTTPException(401, "invalid or revoked API key")
+        _admit(request, clients.rate_limiter, record.customer_id)
     return record
 
 
@@ -131,12 +150,66 @@ def ensure_own_customer(key: keys.ApiKeyRecord, customer_id: str) -> None:
         raise HTTPException(403, "this API key may not access another customer's data")
 
 
+def is_loopback(host: str) -> bool:
+    """`host` (a name or an address, IPv6 without brackets) is this machine's
+    loopback: `localhost`, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_header_is_loopback(value: str | None) -> bool:
+    """A Host header (`name`, `name:port`, `[v6]`, `[v6]:port`) naming loopback.
+
+    A page that reaches the API through DNS rebinding is served from its own
+    name (attacker.example, now resolving to 127.0.0.1), and the browser
+    sends that name: it can never send `localhost`.
+    """
+    if not value:
+        return False
+    if value.startswith("["):
+        host, closed, rest = value[1:].partition("]")
+        if not closed or ":" not in host:
+            return False  # brackets hold a whole IPv6 address only
+    else:
+        host, _, port = value.partition(":")
+        rest = f":{port}" if _ else ""
+    return (rest == "" or (rest[:1] == ":" and rest[1:].isdigit())) and is_loopback(host)
+
+
 def require_admin(
+    request: Request,
     clients: ClientsDep,
     x_admin_token: Annotated[str | None, Header()] = None,
 ) -> None:
+    """Admit an admin request: within the admin rate limit (per client
+    address, counted before the token so guesses are limited too), then
+    with the exact token, or, when none is configured, only over loopback.
+
+    Without a token the API refuses to start unless it listens on loopback
+    (api.main.check_admin_exposure); here each request must also have
+    arrived on a loopback address and name loopback in its Host header, so
+    neither a server started some other way nor a browser page using DNS
+    rebinding gets in.
+    """
+    client = request.client.host if request.client else "unknown"
+    with store("rate limit store"):
+        _admit(request, clients.admin_rate_limiter, f"admin:{client}")
     expected = clients.settings.admin_token
-    if not expected:
-        return  # local development: open, warned about at start-up
-    if not x_admin_token or not hmac.compare_digest(x_admin_token.encode(), expected.encode()):
-        raise HTTPException(401, "missing or invalid X-Admin-Token")
+    if expected:
+        if not x_admin_token or not hmac.compare_digest(x_admin_token.encode(), expected.encode()):
+            raise HTTPException(401, "missing or invalid X-Admin-Token")
+        return
+    server = request.scope.get("server") or ("", None)
+    if not is_loopback(str(server[0])):
+        raise HTTPException(403, "ADMIN_TOKEN is not set: admin routes answer only connections to a loopback address")
+    host = request.headers.get("host")
+    if not host_header_is_loopback(host):
+        raise HTTPException(
+            403,
+            f"ADMIN_TOKEN is not set: admin routes answer only requests for localhost, 127.0.0.1 or [::1], "
+            f"not for Host {(host or '')[:100]!r}",
+        )

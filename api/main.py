@@ -6,6 +6,10 @@ Run with::
 
 or `python -m api.serve`, which takes host, port and workers from the
 settings and makes /metrics add up several workers (api.serve).
+
+Closed by default: without ADMIN_TOKEN the app refuses to be built for
+anything but a loopback API_HOST (check_admin_exposure), and admin
+requests are then admitted from loopback only (api.deps.require_admin).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import AsyncIterator
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.responses import HTMLResponse
 
 from api.dashboard import mount_dashboard
-from api.deps import Clients
+from api.deps import Clients, is_loopback
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import router as metrics_router
@@ -32,15 +38,38 @@ from meterflow.storage import ensure_topics
 
 log = structlog.get_logger(__name__)
 
+# Swagger UI from the API's own origin (scripts/vendor_swagger_ui.sh), so
+# /docs works offline; the validator badge would call validator.swagger.io.
+SWAGGER_JS = "/dashboard/vendor/swagger-ui-bundle.js"
+SWAGGER_CSS = "/dashboard/vendor/swagger-ui.css"
+SWAGGER_FAVICON = "/dashboard/favicon.svg"
+
+
+class AdminExposed(Exception):
+    """The API would serve open admin routes beyond this machine."""
+
+
+def check_admin_exposure(settings: Settings) -> None:
+    """Refuse an API without ADMIN_TOKEN on a non-loopback API_HOST: anyone
+    who reached it could mint a key for any customer."""
+    if not settings.admin_token and not is_loopback(settings.api_host):
+        raise AdminExposed(
+            f"ADMIN_TOKEN is not set and API_HOST={settings.api_host!r} is not a loopback address, so anyone "
+            "who reaches the API could create API keys for any customer. Set ADMIN_TOKEN to a long random "
+            "secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+            "or set API_HOST=127.0.0.1."
+        )
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
+    check_admin_exposure(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.admin_token:
-            log.warning("admin_routes_open", reason="ADMIN_TOKEN is not set (local development only)")
+            log.warning("admin_routes_open", reason="ADMIN_TOKEN is not set: admin routes answer loopback only")
         try:
             ensure_topics(kafka_admin(settings), settings)
         except Exception as exc:  # noqa: BLE001 - the API serves without the broker, with 503s
@@ -50,7 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.clients.close()
 
-    app = FastAPI(title="MeterFlow", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="MeterFlow", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI with local assets only."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="MeterFlow API",
+            swagger_js_url=SWAGGER_JS,
+            swagger_css_url=SWAGGER_CSS,
+            swagger_favicon_url=SWAGGER_FAVICON,
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
     install_error_handlers(app)
     # Added first: innermost, so an oversized chunked body's 413 reaches the error handlers.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)

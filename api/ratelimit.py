@@ -1,4 +1,5 @@
-"""Sliding-window rate limit per customer, atomic in Redis.
+"""Sliding-window rate limits, atomic in Redis: per customer for keyed
+routes, per client address for admin routes (api.deps).
 
 One Lua script per request: drop timestamps older than the window, count
 what is left, admit and record this request only if under the limit. Redis
@@ -58,9 +59,11 @@ class RateLimiter:
         self.limit = limit
         self.window_s = window_s
 
-    def hit(self, customer_id: str) -> Decision:
+    def hit(self, subject: str) -> Decision:
+        """Count one request of `subject` (a customer id, or `admin:<address>`,
+        which no customer id can be: ids have no colon)."""
         allowed, remaining, retry_ms = self._script(
-            keys=[f"ratelimit:{customer_id}"],
+            keys=[f"ratelimit:{subject}"],
             args=[self.limit, self.window_s * 1000, uuid.uuid4().hex],
         )
         return Decision(

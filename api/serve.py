@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from api.main import AdminExposed, check_admin_exposure
 from meterflow.settings import Settings
 
 
@@ -28,6 +29,10 @@ def multiprocess_dir(settings: Settings) -> Path:
 
 def main() -> None:
     settings = Settings.from_env()
+    try:
+        check_admin_exposure(settings)  # before any worker starts: one clear line, no traceback per worker
+    except AdminExposed as exc:
+        raise SystemExit(f"api: refusing to start: {exc}") from exc
     if settings.api_workers > 1:
         path = multiprocess_dir(settings)
         shutil.rmtree(path, ignore_errors=True)

@@ -54,7 +54,11 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 3000
     api_workers: int = 1  # uvicorn worker processes
+    # Required in X-Admin-Token for /v1/admin/*; empty = open, but then the API
+    # only starts on loopback and admits loopback requests only (api.deps).
     admin_token: str = ""
+    admin_rate_limit_requests: int = 600  # /v1/admin/* requests per client address per window
+    admin_rate_limit_window_s: int = 60
     rate_limit_requests: int = 100
     rate_limit_window_s: int = 60
     api_max_body_bytes: int = 5 * 1024 * 1024  # larger request bodies: 413 before parsing

@@ -46,7 +46,7 @@ import structlog
 from redis.client import Pipeline
 
 from meterflow.webhooks import (
-    Attempt, DeliveryResult, RetryPolicy, WebhookEvent, attempt, dead_letter, non_public_address,
+    Attempt, DeliveryResult, RetryPolicy, WebhookEvent, attempt, dead_letter,
 )  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -418,16 +418,25 @@ class Deliverer:
     due for its next delivery, in one transaction that only commits while
     the token is still there: a deliverer whose lease lapsed (a receiver
     slower than the lease) cannot undo what a later claim wrote.
+
+    Customers' endpoints get `http`, which refuses non-public addresses when
+    it connects (meterflow.webhooks.delivery_client); the operator's
+    endpoint is trusted and gets `operator_http` (default: `http`).
     """
 
     def __init__(
-        self, client: redis.Redis, http: httpx.Client, policy: RetryPolicy, lease_s: float, allow_private: bool = False
+        self,
+        client: redis.Redis,
+        http: httpx.Client,
+        policy: RetryPolicy,
+        lease_s: float,
+        operator_http: httpx.Client | None = None,
     ) -> None:
         self._redis = client
         self._http = http
+        self._operator_http = operator_http or http
         self._policy = policy
         self._lease_s = lease_s
-        self._allow_private = allow_private
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
 
@@ -446,7 +455,8 @@ class Deliverer:
             return True
         event = WebhookEvent(delivery.event_id, delivery.event_type, body)
         tries = delivery.attempts + 1
-        outcome = self._refusal(endpoint) or attempt(self._http, endpoint.url, event, endpoint.secret)
+        http = self._operator_http if endpoint.id == OPERATOR_ENDPOINT_ID else self._http
+        outcome = attempt(http, endpoint.url, event, endpoint.secret)
         delay = self._policy.retry_after(tries, outcome)
         if delay is not None:
             self._finish(claim, lambda p: _reschedule(p, delivery, tries, outcome, delay))
@@ -457,17 +467,6 @@ class Deliverer:
         if result.delivered:
             log.info("webhook_delivered", delivery_id=delivery.id, event_id=event.event_id, attempts=tries)
         return True
-
-    def _refusal(self, endpoint: Endpoint) -> Attempt | None:
-        """A final failure, without sending, for a customer's endpoint that
-        resolves to a non-public address (checked at every try: DNS may have
-        changed since registration). The operator's endpoint is trusted."""
-        if self._allow_private or endpoint.id == OPERATOR_ENDPOINT_ID:
-            return None
-        address = non_public_address(httpx.URL(endpoint.url).host)
-        if address is None:
-            return None
-        return Attempt(False, False, None, f"{address} is not a public address (WEBHOOK_ALLOW_PRIVATE_URLS is off)")
 
     def _take(self) -> Claim | None:
         token = uuid.uuid4().hex

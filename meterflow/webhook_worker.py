@@ -40,7 +40,7 @@ from meterflow.webhook_outbox import (
     publish,
     set_operator_endpoint,
 )
-from meterflow.webhooks import RetryPolicy, WebhookEvent
+from meterflow.webhooks import RetryPolicy, WebhookEvent, delivery_client
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +125,10 @@ def run(settings: Settings, stop: threading.Event) -> None:
     """The alerts consumer in this thread, the delivery loops beside it; when
     the consumer fails, the loops stop too and the error ends the process."""
     client = redis_client(settings)
-    http = httpx.Client(timeout=settings.webhook_timeout_s)
+    # Customers' endpoints: public addresses only, checked where the socket
+    # connects; the operator's own endpoint may be anywhere.
+    http = delivery_client(settings.webhook_timeout_s, settings.webhook_allow_private_urls)
+    operator_http = httpx.Client(timeout=settings.webhook_timeout_s)
     backoff = settings.sink_retry_max_backoff_s
     operator = retry_forever(
         lambda: set_operator_endpoint(client, settings.alert_webhook_url, settings.webhook_secret),
@@ -133,7 +136,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
         max_backoff_s=backoff,
     )
     lease_s = LEASE_TIMEOUTS * settings.webhook_timeout_s
-    deliverer = Deliverer(client, http, RetryPolicy.from_settings(settings), lease_s, settings.webhook_allow_private_urls)
+    deliverer = Deliverer(client, http, RetryPolicy.from_settings(settings), lease_s, operator_http)
     loops = [
         threading.Thread(target=delivery_loop, args=(deliverer, stop), name=f"webhook-delivery-{i}", daemon=True)
         for i in range(DELIVERY_THREADS)
@@ -148,6 +151,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
         for loop in loops:
             loop.join(lease_s)
         http.close()
+        operator_http.close()
         client.close()
 
 

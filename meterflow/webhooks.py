@@ -17,6 +17,12 @@ event that was never accepted is kept as a dead letter (Redis list
 next) are the whole delivery logic: the outbox worker
 (meterflow.webhook_outbox) runs one attempt per claim and leaves the
 waiting to its schedule, so no sender ever sleeps on one endpoint.
+
+Where deliveries may go: a customer's URL must not make MeterFlow POST into
+its own network. `refusal` judges one address (IPv6 forms that embed an
+IPv4 address by what they embed), and `delivery_client` checks every
+address where the socket connects, so the address checked is the address
+used (see PublicOnlyBackend).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
+import httpcore
 import httpx
 import orjson
 import redis
@@ -108,20 +116,161 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300, now: f
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the addresses to connect to, in order; socket.getaddrinfo by default.
+Resolver = Callable[[str, int], list[str]]
+
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated by RFC 4291
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the well-known prefix, to any public IPv4
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+class NonPublicAddress(Exception):
+    """A webhook target resolved to an address MeterFlow must not connect to."""
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        super().__init__(f"{host} resolves to {address} ({reason}), which is not a public address")
+        self.address = address
+        self.reason = reason
+
+
+def _plain_refusal(address: IPAddress) -> str | None:
+    """Why `address`, taken at face value, is not public; None if it is."""
+    checks = (
+        (address.is_unspecified, "unspecified"),
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local"),
+        (getattr(address, "is_site_local", False), "site-local"),  # IPv6 only
+        (address.is_private, "private"),
+        (address.is_multicast, "multicast"),
+        (address.is_reserved, "reserved"),
+        (not address.is_global, "not globally routable"),
+    )
+    return next((reason for refused, reason in checks if refused), None)
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why MeterFlow must not POST to `address`, or None for a public one.
+
+    `is_global` alone is not enough: Python 3.11 calls multicast, site-local
+    and several IPv6 forms that carry an IPv4 address global. Those forms
+    reach the IPv4 address they embed (a dual-stack socket, a NAT64 gateway,
+    a 6to4 relay), so that address is judged too: `[::ffff:127.0.0.1]`,
+    `[64:ff9b::a9fe:a9fe]` (NAT64 to 169.254.169.254) and
+    `[2002:a9fe:a9fe::]` (6to4) are as private as what they embed. Forms no
+    webhook needs (IPv4-compatible, local-use NAT64, Teredo) are refused
+    whatever they embed.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        return _plain_refusal(address)
+    address = ipaddress.IPv6Address(int(address))  # without a %scope
+    if address.ipv4_mapped is not None:
+        embedded = _plain_refusal(address.ipv4_mapped)
+        return f"IPv4-mapped {address.ipv4_mapped}: {embedded}" if embedded else None
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        return f"IPv4-compatible (deprecated), embeds {ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)}"
+    if address in _NAT64:
+        target = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        embedded = _plain_refusal(target)
+        return f"NAT64 to {target}: {embedded}" if embedded else None
+    if address in _NAT64_LOCAL:
+        return "local-use NAT64 (64:ff9b:1::/48)"
+    if address in _TEREDO:
+        return "Teredo (2001::/32)"
+    if address.sixtofour is not None:
+        embedded = _plain_refusal(address.sixtofour)
+        return f"6to4 of {address.sixtofour}: {embedded}" if embedded else None
+    return _plain_refusal(address)
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, in the resolver's order, once each."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def public_addresses(host: str, port: int, resolver: Resolver = resolve) -> list[str]:
+    """The addresses of `host`, resolved once; NonPublicAddress when any of
+    them is not public (a name that also points inside is not trusted)."""
+    addresses = resolver(host, port)
+    for text in addresses:
+        reason = refusal(ipaddress.ip_address(text.split("%", 1)[0]))
+        if reason is not None:
+            raise NonPublicAddress(host, text, reason)
+    return addresses
+
+
 def non_public_address(host: str) -> str | None:
-    """An address `host` resolves to that is not public (loopback, private,
-    link-local such as cloud metadata, reserved), or None. A customer's
-    endpoint must not make MeterFlow POST into its own network. A name that
-    does not resolve is None here: the delivery then fails and is retried."""
+    """An address `host` resolves to that is not public, with the reason, or
+    None. What registration checks; a name that does not resolve is None
+    here: its deliveries then fail and are retried, and are checked again."""
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
+        public_addresses(host, 0)
+    except NonPublicAddress as exc:
+        return f"{exc.address} ({exc.reason})"
+    except (OSError, UnicodeError):
         return None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if not address.is_global:
-            return str(address)
     return None
+
+
+class PublicOnlyBackend(httpcore.NetworkBackend):
+    """Connects only to public addresses, and to the very address it checked.
+
+    Checking a name and then letting the HTTP client resolve it again leaves
+    a window in which DNS can change its answer (DNS rebinding). Here the
+    name is resolved once per connection, every address is checked, and the
+    socket is opened to a checked address. TLS still verifies the URL's host
+    name and sends it as SNI, and the Host header is the URL's (httpcore
+    does both above this layer).
+    """
+
+    def __init__(self, resolver: Resolver = resolve) -> None:
+        self._resolver = resolver
+        self._tcp = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            addresses = public_addresses(host, port, self._resolver)
+        except (OSError, UnicodeError) as exc:  # does not resolve: a retriable connect error
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        failure: Exception = httpcore.ConnectError(f"{host} resolves to no address")
+        for address in addresses:
+            try:
+                return self._tcp.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        raise failure
+
+    def sleep(self, seconds: float) -> None:
+        self._tcp.sleep(seconds)
+
+
+def delivery_client(timeout_s: float, allow_private: bool = False, resolver: Resolver = resolve) -> httpx.Client:
+    """The HTTP client for customers' endpoints: it connects to public
+    addresses only, unless `allow_private` (WEBHOOK_ALLOW_PRIVATE_URLS).
+
+    httpx offers no setting for the network backend, so the transport's
+    connection pool is replaced by one that uses PublicOnlyBackend (the
+    tests in tests/test_webhook_ssrf.py fail if an httpx release changes
+    that). No proxy from the environment either: a proxy would resolve the
+    name itself, out of this check's reach.
+    """
+    if allow_private:
+        return httpx.Client(timeout=timeout_s)
+    transport = httpx.HTTPTransport(trust_env=False)
+    transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - see the docstring
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        network_backend=PublicOnlyBackend(resolver),
+    )
+    return httpx.Client(timeout=timeout_s, transport=transport, trust_env=False)
 
 
 def attempt(client: httpx.Client, url: str, event: WebhookEvent, secret: str = "") -> Attempt:
@@ -138,6 +287,8 @@ def attempt(client: httpx.Client, url: str, event: WebhookEvent, secret: str = "
             status = response.status_code
     except httpx.InvalidURL as exc:  # no later try can fix the address
         return Attempt(False, False, None, f"InvalidURL: {exc}")
+    except NonPublicAddress as exc:  # final: nothing was sent
+        return Attempt(False, False, None, str(exc))
     except httpx.HTTPError as exc:
         return Attempt(False, True, None, f"{type(exc).__name__}: {exc}")
     if 200 <= status < 300:

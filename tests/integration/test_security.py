@@ -52,6 +52,8 @@ def valid_requests(customer_id: str) -> dict[Route, dict[str, Any]]:
         ("GET", "/v1/dashboard/data"): {"params": {**subject, "days": 7}},
         ("POST", "/v1/admin/keys"): {"json": {"customer_id": customer_id, "name": "sec"}},
         ("POST", "/v1/admin/keys/revoke"): {"json": {"api_key": "mf_unknown"}},
+        ("GET", "/v1/admin/keys"): {"params": own},
+        ("DELETE", "/v1/admin/keys/{key_id}"): {"path": {"key_id": "key_0123456789abcdef01234567"}, "params": own},
         ("GET", "/v1/pricing/{metric_code}"): {"path": {"metric_code": "api_calls"}},
         ("POST", "/v1/webhooks"): {"json": {**own, "url": "https://example.com/hooks", "events": ["invoice.paid"]}},
         ("GET", "/v1/webhooks"): {"params": own},
@@ -149,9 +151,10 @@ def test_another_customers_id_is_403_on_every_route_and_leaves_no_trace(api, rou
     assert not redis.keys(f"dedup:*:{foreign['transaction_id']}")
     wait_for(lambda: stored_count(clickhouse, settings, attacker.customer_id) == 1, what="the attacker's own event")
 
-    # Nothing anywhere holds the victim's data: no Redis key names it (the
-    # key hash does not), no row in ClickHouse does.
-    assert list(redis.scan_iter(match=f"*{victim.customer_id}*", count=1000)) == []
+    # Nothing anywhere holds the victim's data: no Redis key names it but
+    # the index of its own key (written when the admin made it; the key
+    # hash names nobody), no row in ClickHouse does.
+    assert list(redis.scan_iter(match=f"*{victim.customer_id}*", count=1000)) == [f"apikeys:{victim.customer_id}".encode()]
     assert stored_count(clickhouse, settings, victim.customer_id, final=False) == 0
     alerts = clickhouse.query(
         f"SELECT count() FROM {settings.clickhouse_database}.alerts WHERE customer_id = {{c:String}}",  # sql-ok
@@ -170,7 +173,11 @@ def test_keys_are_stored_only_as_sha256(api, redis):
         assert re.fullmatch(rb"apikey:[0-9a-f]{64}", record), record
         fields = redis.hgetall(record)
         assert plain not in b"".join([*fields, *fields.values()])
-    assert set(redis.hgetall(f"apikey:{digest}")) == {b"customer_id", b"name", b"created_at"}
+    stored = redis.hgetall(f"apikey:{digest}")
+    assert set(stored) == {b"customer_id", b"name", b"created_at", b"key_id", b"prefix"}
+    # What an admin sees to recognise the key: its first 8 random characters of 43, no more.
+    assert stored[b"prefix"] == plain[:11] and re.fullmatch(rb"key_[0-9a-f]{24}", stored[b"key_id"])
+    assert redis.hgetall(f"apikeys:{customer.customer_id}") == {stored[b"key_id"]: digest.encode()}
     assert not [name for name in redis.scan_iter(match="*", count=1000) if plain in name]
 
 

@@ -142,7 +142,7 @@ def test_a_customer_has_at_most_16_endpoints(api, customer):
 def private_api(settings, worker_env) -> Iterator[TestClient]:
     """The API on the webhook process's Redis database."""
     app = create_app(dataclasses.replace(settings, redis_url=worker_env["REDIS_URL"]))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # loopback: admin routes open (no ADMIN_TOKEN)
         yield client
 
 
@@ -321,10 +321,13 @@ def test_endpoints_in_meterflows_own_network_are_refused(settings, worker_env, w
     """With WEBHOOK_ALLOW_PRIVATE_URLS off (the default outside development),
     no customer can point MeterFlow at loopback, private or metadata addresses."""
     strict = dataclasses.replace(settings, redis_url=worker_env["REDIS_URL"], webhook_allow_private_urls=False)
-    with TestClient(create_app(strict)) as api:
+    with TestClient(create_app(strict), base_url="http://127.0.0.1") as api:
         tenant = new_customer(api, "wh")  # type: ignore[arg-type]
         for url in ("http://127.0.0.1:18123/", "http://169.254.169.254/latest/meta-data", "http://localhost/x",
-                    "http://[::1]/x", "http://10.0.0.8/hook"):  # fmt: skip
+                    "http://[::1]/x", "http://10.0.0.8/hook",
+                    # IPv6 forms that embed an IPv4 address (issue 12, item 7)
+                    "http://[::127.0.0.1]/x", "http://[::ffff:127.0.0.1]/x", "http://[64:ff9b::a9fe:a9fe]/latest",
+                    "http://[2002:a9fe:a9fe::]/x", "http://2130706433:18123/"):  # fmt: skip
             body = {"customer_id": tenant.customer_id, "url": url, "events": ["invoice.created"]}
             refused = api.post(WEBHOOKS, json=body, headers=tenant.headers)
             assert refused.status_code == 422 and "not a public address" in refused.json()["error"], (url, refused.text)
