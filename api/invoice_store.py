@@ -20,8 +20,8 @@ Keys:
 Invoice hash fields: `invoice` (operators.invoices.invoice_to_dict JSON, as
 computed at draft time and never changed after finalization), `customer_id`,
 `period_start`, `period_end`, `status`, one `<status>_at` per status
-reached, `pdf_key`, `billing_mode` (dry_run | live), `stripe_invoice_id`,
-`stripe_plan` (JSON of the dry-run plan), `accounted` (JSON metric -> usage
+reached, `pdf_key`, `billing_mode` (live, once billed through Stripe),
+`stripe_invoice_id`, `accounted` (JSON metric -> usage
 accounted for, see operators.adjustments), `adjustments` (JSON list of the
 adjustment ids this invoice carries), `late_adjustments` (JSON list of the
 ids recorded against its period after it closed).

@@ -120,19 +120,42 @@ def billing_main(argv: list[str]) -> int:
     # Imported here: the billing commands need the API's modules, the others do not.
     from api.billing_job import BillingJob, JobBusy, PeriodOpen, job_report_json, report_lines, run_scheduler
     from api.deps import Clients
+    from api.errors import ServiceUnavailable, UpstreamRefused
     from api.reconcile import reconcile
     from operators.periods import BillingPeriod
 
-    parser = argparse.ArgumentParser(prog="meterflow billing", description="Billing operations (docs/billing.md).")
+    def period_arg(text: str) -> BillingPeriod:
+        try:
+            return BillingPeriod.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parser = argparse.ArgumentParser(
+        prog="meterflow billing",
+        description="Billing operations (docs/billing.md). Closing a period is live only with STRIPE_API_KEY: "
+        "without it, or with --dry-run, `run` and `schedule` change nothing and report what they would do.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    period_help = "YYYY-MM or YYYY-MM-DD..YYYY-MM-DD (UTC); default: the last full month"
-    run = commands.add_parser("run", help="close a period: invoices, PDFs, webhooks, Stripe; safe to repeat")
-    run.add_argument("--period", type=BillingPeriod.parse, help=period_help)
+    period_help = "YYYY-MM (month 01-12) or YYYY-MM-DD..YYYY-MM-DD (UTC days); default: the last full month"
+    dry_help = "change nothing (no invoice, PDF, webhook or Stripe call): report what a live run would do; " \
+        "always the case without STRIPE_API_KEY"  # fmt: skip
+    live_rule = "Live only with STRIPE_API_KEY; without it, or with --dry-run, nothing is changed and the " \
+        "report says what a live run would do."  # fmt: skip
+    run = commands.add_parser(
+        "run", help="close a period: invoices, PDFs, webhooks, Stripe (needs STRIPE_API_KEY); safe to repeat",
+        description=f"Close a period for every customer with usage (or only --customer). {live_rule}",
+    )  # fmt: skip
+    run.add_argument("--period", type=period_arg, help=period_help)
     run.add_argument("--customer", action="append", help="only this customer (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help=dry_help)
     run.add_argument("--json", action="store_true", help="print the report as JSON")
-    commands.add_parser("schedule", help="run until stopped, closing each month when its grace ends")
+    schedule = commands.add_parser(
+        "schedule", help="run until stopped, closing each month when its grace ends",
+        description=f"Every BILLING_SCHEDULER_INTERVAL_S, close the last month once its grace has ended. {live_rule}",
+    )  # fmt: skip
+    schedule.add_argument("--dry-run", action="store_true", help=dry_help)
     check = commands.add_parser("reconcile", help="compare a period's invoices with Stripe (live mode)")
-    check.add_argument("--period", type=BillingPeriod.parse, help=period_help)
+    check.add_argument("--period", type=period_arg, help=period_help)
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -144,20 +167,24 @@ def billing_main(argv: list[str]) -> int:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())
-            run_scheduler(clients, stop, settings.billing_scheduler_interval_s)
+            run_scheduler(clients, stop, settings.billing_scheduler_interval_s, dry_run=args.dry_run)
             return 0
         if args.command == "reconcile":
             result = reconcile(clients, period)
             print("\n".join(result.lines()))
             return 1 if result.differences else 0
-        report = BillingJob(clients).run(period, customers=set(args.customer) if args.customer else None)
+        job = BillingJob(clients, dry_run=args.dry_run)
+        report = job.run(period, customers=set(args.customer) if args.customer else None)
     except (PeriodOpen, JobBusy, ValueError) as exc:
         print(f"meterflow billing: {exc}", file=sys.stderr)
+        return 1
+    except (ServiceUnavailable, UpstreamRefused) as exc:
+        print(f"meterflow billing: {exc.reason}", file=sys.stderr)
         return 1
     finally:
         clients.close()
     print(job_report_json(report) if args.json else "\n".join(report_lines(report)))
-    return 1 if report.failed else 0
+    return 0 if report.ok else 1
 
 
 def simulate_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 
 DAY_MS = 86_400_000
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
+PERIOD_FORMS = "use YYYY-MM (month 01-12) or YYYY-MM-DD..YYYY-MM-DD (UTC days, first..last)"
 _DAYS = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.\.|_)(\d{4}-\d{2}-\d{2})")
 
 
@@ -23,6 +24,12 @@ def _ms(day: date) -> int:
 
 def _day(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).date()
+
+
+def iso_utc(ms: int) -> str:
+    """Unix ms as ISO 8601 in UTC, to the millisecond when it has one (what people read in messages)."""
+    moment = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +55,14 @@ class BillingPeriod:
     @classmethod
     def parse(cls, text: str) -> "BillingPeriod":
         """`YYYY-MM` (a calendar month) or `YYYY-MM-DD..YYYY-MM-DD` (whole days)."""
-        if match := _MONTH.fullmatch(text):
-            return cls.month(int(match[1]), int(match[2]))
-        if match := _DAYS.fullmatch(text):
-            return cls.days(date.fromisoformat(match[1]), date.fromisoformat(match[2]))
-        raise ValueError(f"period {text!r} is neither YYYY-MM nor YYYY-MM-DD..YYYY-MM-DD")
+        try:
+            if match := _MONTH.fullmatch(text):
+                return cls.month(int(match[1]), int(match[2]))
+            if match := _DAYS.fullmatch(text):
+                return cls.days(date.fromisoformat(match[1]), date.fromisoformat(match[2]))
+        except ValueError as exc:  # a month 13, a 30 February, a range that ends before it starts
+            raise ValueError(f"period {text!r}: {exc}; {PERIOD_FORMS}") from exc
+        raise ValueError(f"period {text!r}: {PERIOD_FORMS}")
 
     @classmethod
     def month_before(cls, now_ms: int) -> "BillingPeriod":

@@ -13,7 +13,7 @@ from api.deps import ApiKeyDep, ClientsDep, ensure_own_customer
 from api.invoice_store import STATUSES, InvoiceStore, StoredInvoice
 from api.invoicing import calculate_invoice
 from api.keys import ApiKeyRecord
-from api.schemas import CustomerId, EpochMs, JsonDecimal
+from api.schemas import CustomerId, EpochMs, ExactJSONResponse, JsonDecimal
 from operators.invoices import Invoice
 
 router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
@@ -111,7 +111,7 @@ def validated_period(body: PeriodRequest, key: ApiKeyRecord) -> None:
         raise HTTPException(400, "start must not be after end")
 
 
-@router.post("/calculate", response_model=InvoiceOut)
+@router.post("/calculate", response_model=InvoiceOut, response_class=ExactJSONResponse)
 def calculate(body: PeriodRequest, key: ApiKeyDep, clients: ClientsDep) -> InvoiceOut:
     """A draft invoice for the period's usage (nothing is billed)."""
     validated_period(body, key)
@@ -145,7 +145,7 @@ class StoredInvoiceOut(InvoiceOut):
     total_amount_cents: int
     pdf_url: str | None  # presigned, expires after INVOICE_URL_EXPIRY_S
     pdf_key: str | None
-    billing_mode: Literal["dry_run", "live"] | None
+    billing_mode: Literal["live"] | None  # live once billed through Stripe
     stripe_invoice_id: str | None
     late_adjustments: list[AdjustmentOut]  # recorded against this invoice after it closed
 
@@ -188,7 +188,7 @@ def _stored_out(clients: ClientsDep, store: InvoiceStore, stored: StoredInvoice)
     )
 
 
-@router.get("", response_model=InvoiceListOut)
+@router.get("", response_model=InvoiceListOut, response_class=ExactJSONResponse)
 def list_invoices(
     customer_id: Annotated[CustomerId, Query()],
     key: ApiKeyDep,
@@ -202,7 +202,7 @@ def list_invoices(
     return InvoiceListOut(invoices=[_stored_out(clients, store, s) for s in found])
 
 
-@router.get("/{invoice_id}", response_model=StoredInvoiceOut)
+@router.get("/{invoice_id}", response_model=StoredInvoiceOut, response_class=ExactJSONResponse)
 def get_invoice(invoice_id: str, key: ApiKeyDep, clients: ClientsDep) -> StoredInvoiceOut:
     """One stored invoice with its status history, a presigned link to its PDF
     and the late-usage adjustments recorded against it. Another customer's

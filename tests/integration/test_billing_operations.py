@@ -2,7 +2,8 @@
 history -> `meterflow billing run` -> PDFs in S3 -> signed webhooks to a real
 receiver -> Stripe (stood in) marks the invoice paid -> late usage becomes an
 adjustment on the next invoice -> reconciliation; plus the faults (Stripe
-down mid-job, forged Stripe events) and the dry run."""
+down mid-job, forged Stripe events). The job's isolation of customers, the
+dry run and the scheduler: test_billing_job.py."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from typing import Iterator
 
 import httpx
@@ -23,12 +23,8 @@ import orjson
 import pytest
 from pypdf import PdfReader
 
-from api.billing_job import BillingJob, PeriodOpen, run_scheduler
-from api.deps import Clients
-from api.invoice_store import InvoiceStore
 from meterflow import simulate
 from meterflow.cli import main as cli_main
-from meterflow.storage import EVENTS_COLUMNS
 from meterflow.webhooks import SIGNATURE_HEADER, verify
 from operators.invoices import invoice_id_for
 from operators.periods import BillingPeriod, pdf_key
@@ -246,14 +242,19 @@ def test_stripe_down_mid_job_resumes_without_billing_twice(month: Month):
     bob = month.customers[1]
     period = month.second
     invoice_id = invoice_id_for(bob.customer_id, period.start_ms, period.end_ms)
-    month.stripe.fail("POST", "/v1/invoices/[^/]+/finalize", times=3, status=503)  # beyond the SDK's 2 retries
+    # Stripe answers finalize with a 503 and saves it under the key: a retry with that key gets it again.
+    month.stripe.fail("POST", "/v1/invoices/[^/]+/finalize", status=503)
+    mark = len(month.stripe.requests)
     failed = month.run_job("run", "--period", period.label.replace("_", ".."), "--customer", bob.customer_id)
     assert failed.returncode == 1 and "ERROR" in failed.stdout, failed.stdout + failed.stderr
     stored = month.api.get(f"/v1/invoices/{invoice_id}", headers=bob.headers).json()
     assert stored["status"] == "finalized"  # MeterFlow's invoice is final; Stripe has a draft
+    (finalize,) = [r for r in month.stripe.requests[mark:] if r.path.endswith("/finalize")]  # the SDK did not retry
 
     resumed = month.run_job("run", "--period", period.label.replace("_", ".."), "--customer", bob.customer_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    (retried,) = [r for r in month.stripe.requests[mark:] if r.path.endswith("/finalize") and r.status == 200]
+    assert retried.idempotency_key == f"{finalize.idempotency_key}:retry1"  # a new key, after asking Stripe
     stored = month.api.get(f"/v1/invoices/{invoice_id}", headers=bob.headers).json()
     assert stored["status"] == "sent"
     billed = [o for o in month.stripe.objects.values()
@@ -292,72 +293,3 @@ def test_stripe_events_must_be_signed(month: Month):
     response = month.api.post("/v1/stripe/webhook", content=json.dumps(forged))  # no signature at all
     assert response.status_code == 400
     assert month.api.get(f"/v1/invoices/{invoice_id}", headers=alice.headers).json().get("status") == before
-
-
-def test_dry_run_job_without_stripe_key_is_idempotent(settings, api, customer, clickhouse):
-    """The session API has no Stripe key: the job stores the plan and leaves the invoice finalized."""
-    today = utc_today()
-    period = BillingPeriod.days(today - timedelta(days=3), today - timedelta(days=2))
-    events = [make_event(customer.customer_id, timestamp=period.start_ms + 3_600_000 * (i % 40)) for i in range(1500)]
-    assert api.post("/v1/events", json={"events": events[:1000]}, headers=customer.headers).status_code == 200
-    assert api.post("/v1/events", json={"events": events[1000:]}, headers=customer.headers).status_code == 200
-    wait_for(lambda: stored_count(clickhouse, settings, customer.customer_id) == 1500, what="events stored")
-
-    waiting = Clients.connect(dataclasses.replace(settings, billing_grace_hours=24 * 365))
-    try:
-        with pytest.raises(PeriodOpen):  # a year of grace has not ended
-            BillingJob(waiting).run(period, customers={customer.customer_id})
-    finally:
-        waiting.close()
-    clients = Clients.connect(dataclasses.replace(settings, billing_grace_hours=0.0))
-    try:
-        first = BillingJob(clients).run(period, customers={customer.customer_id})
-        (result,) = first.customers
-        assert (result.status, result.done, result.error) == ("finalized", ["draft", "pdf", "finalized", "dry_run"], None)
-        again = BillingJob(clients).run(period, customers={customer.customer_id})
-        assert (again.customers[0].status, again.customers[0].done) == ("finalized", [])
-    finally:
-        clients.close()
-    stored = api.get(f"/v1/invoices/{result.invoice_id}", headers=customer.headers).json()
-    assert stored["billing_mode"] == "dry_run" and stored["stripe_invoice_id"] is None
-    assert stored["lines"][0]["metric_code"] == "api_calls" and stored["lines"][0]["quantity"] == 1500
-    # Only the owner sees it.
-    other = api.post("/v1/admin/keys", json={"customer_id": f"other-{uuid.uuid4().hex[:8]}", "name": "t"}).json()
-    assert api.get(f"/v1/invoices/{result.invoice_id}", headers={"X-API-Key": other["api_key"]}).status_code == 404
-
-
-def test_the_scheduler_closes_last_month_once_its_grace_has_ended(settings, clickhouse, redis):
-    """The scheduler with a clock in 2031: the month before is January 2031,
-    whose usage (written straight to ClickHouse, as validation only takes
-    events of the last 30 days) belongs to this customer alone."""
-    customer_id = f"sched-{uuid.uuid4().hex[:12]}"
-    january = BillingPeriod.month(2031, 1)
-    first = datetime(2031, 1, 10, tzinfo=timezone.utc)
-    rows = [[f"tx-{i}", customer_id, "api_request", first + timedelta(minutes=i), {}] for i in range(2500)]
-    clickhouse.insert(f"{settings.clickhouse_database}.events", rows, column_names=EVENTS_COLUMNS)
-    invoice_id = invoice_id_for(customer_id, january.start_ms, january.end_ms)
-    store = InvoiceStore(redis)
-    now = [january.end_ms / 1000 + 3600]  # an hour after January: inside the 48-hour grace
-
-    clients = Clients.connect(settings)
-    stop = threading.Event()
-    scheduler = threading.Thread(target=run_scheduler, args=(clients, stop, 0.05), kwargs={"clock": lambda: now[0]})
-    scheduler.start()
-    try:
-        time.sleep(1.0)  # many passes
-        assert store.get(invoice_id) is None  # nothing closes during the grace
-        now[0] = january.end_ms / 1000 + 49 * 3600
-        stored = wait_for(
-            lambda: (found := store.get(invoice_id)) is not None and found.get("billing_mode") == "dry_run" and found,
-            what="January closed by the scheduler",
-        )
-        time.sleep(0.5)  # more passes over a closed month
-    finally:
-        stop.set()
-        scheduler.join(10)
-        clients.close()
-    again = store.load(invoice_id)
-    assert (again.status, again.fields) == ("finalized", stored.fields)  # later passes changed nothing
-    (line,) = again.invoice.lines
-    assert (line.metric_code, line.quantity) == ("api_calls", 2500)
-    assert again.get("pdf_key") == f"invoices/{customer_id}/2031-01.pdf"

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from operators.periods import DAY_MS, BillingPeriod, pdf_key
+from operators.periods import DAY_MS, BillingPeriod, iso_utc, pdf_key
 
 OCT_2026 = (1_790_812_800_000, 1_793_491_199_999)  # 2026-10-01T00:00Z .. 2026-10-31T23:59:59.999Z
 
@@ -42,3 +42,20 @@ def test_month_before_and_close_time():
 
 def test_pdf_key_names_customer_and_period():
     assert pdf_key("acme", BillingPeriod.month(2026, 10)) == "invoices/acme/2026-10.pdf"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("2026-13", "month must be in 1..12"), ("2026-02-30..2026-03-01", "day is out of range"),
+     ("October", "period 'October'"), ("2026-10-11..2026-10-05", "must not end before it starts")],
+)  # fmt: skip
+def test_a_bad_period_says_why_and_which_forms_work(text, why):
+    with pytest.raises(ValueError) as refused:
+        BillingPeriod.parse(text)
+    assert why in str(refused.value) and "use YYYY-MM (month 01-12) or YYYY-MM-DD..YYYY-MM-DD" in str(refused.value)
+
+
+def test_iso_utc_is_what_people_read():
+    december = BillingPeriod.month(2026, 12)
+    assert iso_utc(december.closes_at(grace_ms=2 * DAY_MS)) == "2027-01-03T00:00:00Z"
+    assert iso_utc(december.end_ms) == "2026-12-31T23:59:59.999Z"
