@@ -50,7 +50,6 @@ def decode_batch(messages: list[Message]) -> list[EventBatch | DeadLetter]:
     events: list[UsageEvent] = []
     ingest_ids: list[str] = []
     dead: list[DeadLetter] = []
-    read = None
     for msg in messages:
         if msg.error() is not None:
             # A consumer-side error (broker unreachable, ...), not a message:
@@ -58,7 +57,6 @@ def decode_batch(messages: list[Message]) -> list[EventBatch | DeadLetter]:
             log.warning("kafka_consumer_error", error=str(msg.error()))
             metrics.CONSUMER_ERRORS.inc()
             continue
-        read = msg
         value = msg.value()
         try:
             events.append(decode_event(value, now_ms=produced_at_ms(msg)))
@@ -75,9 +73,6 @@ def decode_batch(messages: list[Message]) -> list[EventBatch | DeadLetter]:
             )
             continue
         ingest_ids.append(ingest_id_of(msg))
-    if read is not None:
-        # One poll reads one partition: its last message is the position.
-        metrics.record_read(read.topic(), read.partition(), read.offset())
     metrics.count_decoded(len(events), len(dead))
     out: list[EventBatch | DeadLetter] = [EventBatch(events, ingest_ids)] if events else []
     return out + dead

@@ -17,6 +17,7 @@ from __future__ import annotations
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows import metrics
 from meterflow.clients import kafka_admin
 from meterflow.settings import Settings
 
@@ -35,7 +36,17 @@ def consumer_config(settings: Settings) -> dict[str, str | int]:
         # After a broker loses its log (in-memory Tansu restarted),
         # re-read from the start rather than skip to the end.
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": "50",
+        # The broker answers a fetch as soon as it has one byte, or empty at
+        # the wait. Tansu on S3 answers empty whenever reading its log takes
+        # longer than the wait, and then again on every retry: with 50 ms the
+        # flow stopped for good at a slow part of the log (docs/reliability.md).
+        # librdkafka fetches in its own thread, so a long wait never blocks
+        # the poll below (POLL_TIMEOUT_S); an idle flow pays it in freshness.
+        "fetch.min.bytes": "1",
+        "fetch.wait.max.ms": str(settings.flow_fetch_wait_ms),
+        # A fetch request may take the wait plus the broker's slowest read;
+        # only a dead connection should hit this.
+        "socket.timeout.ms": str(max(60_000, settings.flow_fetch_wait_ms + 30_000)),
         # Notice a recreated topic (a restarted in-memory broker) quickly.
         "topic.metadata.refresh.interval.ms": "2000",
     }
@@ -43,10 +54,15 @@ def consumer_config(settings: Settings) -> dict[str, str | int]:
 
 class _PartitionPoller(StatefulSourcePartition[list[Message], int]):
     def __init__(self, settings: Settings, topic: str, partition: int, next_offset: int) -> None:
+        self._topic = topic
+        self._partition = partition
         self._next_offset = next_offset
         self._batch_size = settings.flow_batch_size
         self._consumer = Consumer(consumer_config(settings))
         self._consumer.assign([TopicPartition(topic, partition, next_offset)])
+        # Watched from now on, read or not: a partition stuck at its first
+        # offset still has its lag measured and its stall reported.
+        metrics.PROGRESS.assigned(topic, partition, next_offset)
 
     def next_batch(self) -> list[list[Message]]:
         messages = self._consumer.consume(self._batch_size, POLL_TIMEOUT_S)
@@ -57,6 +73,7 @@ class _PartitionPoller(StatefulSourcePartition[list[Message], int]):
         for msg in reversed(messages):
             if msg.error() is None:
                 self._next_offset = msg.offset() + 1
+                metrics.PROGRESS.read(self._topic, self._partition, self._next_offset)
                 break
         return [messages]
 
@@ -64,6 +81,7 @@ class _PartitionPoller(StatefulSourcePartition[list[Message], int]):
         return self._next_offset
 
     def close(self) -> None:
+        metrics.PROGRESS.unassigned(self._topic, self._partition)
         self._consumer.close()
 
 

@@ -6,6 +6,7 @@ start the system exactly the way a newcomer does.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.request
@@ -31,11 +32,32 @@ def http_ok(url: str):
     return check
 
 
+def dataflow_line(url: str) -> str:
+    """`meterflow status`'s line for the dataflow, from its /health (flows.metrics):
+    lag and last progress, and whether it is stalled."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            report = json.load(response)
+    except OSError as exc:
+        return f"progress unknown: {exc}"
+    lag = "unknown" if report["lag"] is None else f"{report['lag']:,}"
+    line = f"lag {lag}, last progress {report['last_progress_s_ago']:.0f} s ago"
+    return f"STALLED: {line}" if report["stalled"] else line
+
+
 def local_stack(config: StackConfig, settings: Settings) -> Stack:
     """Services from `config`, apps configured by `settings` (which must point at them)."""
     stack = Stack(config)
     env = {**os.environ, **settings.as_env()}
-    stack.add_process("dataflow", DATAFLOW_ARGV, env=env)
+    if settings.flow_metrics_port:
+        # Healthy once it serves, unhealthy while stalled (503).
+        flow_url = f"http://{settings.flow_metrics_host}:{settings.flow_metrics_port}"
+        stack.add_process(
+            "dataflow", DATAFLOW_ARGV, env=env, health=http_ok(f"{flow_url}/health/ready"),
+            port=settings.flow_metrics_port, describe=lambda: dataflow_line(f"{flow_url}/health"),
+        )  # fmt: skip
+    else:
+        stack.add_process("dataflow", DATAFLOW_ARGV, env=env)
     # Always: customers' endpoints need it whether or not ALERT_WEBHOOK_URL is set.
     stack.add_process("webhooks", WEBHOOKS_ARGV, env=env)
     stack.add_process(

@@ -42,6 +42,14 @@ class Settings:
     flow_batch_size: int = 10000  # most Kafka messages per poll: one item through every step (docs/benchmarks.md)
     flow_workers: int = 1  # Bytewax workers in the dataflow process
     sink_retry_max_backoff_s: float = 10.0
+    # How long the broker may take to answer one fetch (librdkafka fetch.wait.max.ms).
+    # Tansu on S3 answers empty when reading its log takes longer, and a wait shorter
+    # than its slowest read stalls the flow for good; an idle flow's freshness costs
+    # up to this much, since Tansu holds an empty fetch for the whole wait.
+    flow_fetch_wait_ms: int = 500
+    # A dataflow with a backlog that reads nothing for this long is reported as
+    # stalled (metric, error log, 503 on its /health/ready, degraded API /health).
+    flow_stall_after_s: float = 60.0
     # Prometheus /metrics of the dataflow process (0 = off); a multi-process
     # dataflow (-i N) serves process N on port + N. Loopback by default.
     flow_metrics_host: str = "127.0.0.1"

@@ -159,6 +159,9 @@ class StackConfig:
     #: an acknowledged event must survive a broker restart. Measurements in
     #: docs/operations.md.
     kafka_storage: str = "s3"
+    #: The port the broker reaches S3 at (kafka_storage="s3"); None = `s3_port`.
+    #: Tests put a fault-injecting proxy there to make the broker's reads slow.
+    kafka_s3_port: int | None = None
     #: How long `start()` waits for one service to answer its health check.
     start_timeout_s: float = 30.0
 

@@ -84,6 +84,9 @@ class ProcessSpec:
     extra_logs: tuple[Path, ...] = field(default=())
     #: Cleanup once the process is gone (e.g. sockets it leaves behind).
     after_stop: Callable[[], None] | None = None
+    #: One line about a running process's own state for `status` (e.g. the
+    #: dataflow's lag and last progress); an exception means "nothing to say".
+    describe: Callable[[], str] | None = None
 
     @property
     def bound_ports(self) -> tuple[int, ...]:

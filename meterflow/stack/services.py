@@ -156,7 +156,7 @@ def kafka_spec(config: StackConfig) -> ProcessSpec:
             env = {
                 "AWS_ACCESS_KEY_ID": config.s3_access_key,
                 "AWS_SECRET_ACCESS_KEY": config.s3_secret_key,
-                "AWS_ENDPOINT": f"http://{HOST}:{config.s3_port}",
+                "AWS_ENDPOINT": f"http://{HOST}:{config.kafka_s3_port or config.s3_port}",
                 "AWS_ALLOW_HTTP": "true",
                 "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_REGION": "us-east-1",

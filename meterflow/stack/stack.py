@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from meterflow.stack.config import StackConfig
 from meterflow.stack.process import HealthCheck, Launch, ManagedProcess, ProcessSpec, StackError
@@ -26,7 +26,7 @@ class ServiceStatus:
     port: int | None
     healthy: bool  # its health check passed just now
     log_file: Path
-    detail: str = ""  # e.g. "stale pid file removed", the last health error
+    detail: str = ""  # e.g. "stale pid file removed", the last health error, the dataflow's lag
 
     def __str__(self) -> str:
         if not self.running:
@@ -79,6 +79,7 @@ class Stack:
         health: HealthCheck | None = None,
         port: int | None = None,
         *,
+        describe: Callable[[], str] | None = None,
         cwd: Path | None = None,
         start_timeout_s: float | None = None,
         stop_timeout_s: float = 15.0,
@@ -87,7 +88,8 @@ class Stack:
 
         `env` is layered over os.environ. `health` returns True once the
         process serves (exceptions count as "not yet"); without it, an open
-        `port` or merely being alive counts as healthy. `cwd` defaults to the
+        `port` or merely being alive counts as healthy. `describe` gives
+        `status` one line about the running process. `cwd` defaults to the
         current directory (so `-m package.module` resolves as in a shell).
         Nothing starts until `start()` or `start_service(name)`.
         """
@@ -103,6 +105,7 @@ class Stack:
             lambda: Launch(argv, env=env, cwd=workdir),
             port=port,
             health=health,
+            describe=describe,
             start_timeout_s=start_timeout_s or self.config.start_timeout_s,
             stop_timeout_s=stop_timeout_s,
         )
@@ -236,6 +239,7 @@ class Stack:
                 healthy = proc.healthy()
                 if not healthy and proc.last_health_error:
                     detail = proc.last_health_error
+                detail = _described(proc) or detail
             elif proc.recorded_pid() is not None:
                 detail = f"stale pid file (pid {proc.recorded_pid()} is gone or not ours)"
             result[name] = ServiceStatus(
@@ -294,6 +298,16 @@ class Stack:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _described(proc: ManagedProcess) -> str:
+    """The process's own line for `status`, or "" when it has none to give."""
+    if proc.spec.describe is None:
+        return ""
+    try:
+        return proc.spec.describe()
+    except Exception:  # noqa: BLE001 - a process that cannot say is shown without it
+        return ""
 
 
 def _no_launch(name: str):

@@ -11,7 +11,8 @@ def test_health_reports_dependencies(api):
     response = api.get("/health")
     assert response.status_code == 200
     assert response.json() == {
-        "status": "ok", "ready": True, "dependencies": {"redis": "ok", "kafka": "ok", "clickhouse": "ok"},
+        "status": "ok", "ready": True,
+        "dependencies": {"redis": "ok", "kafka": "ok", "clickhouse": "ok", "dataflow": "ok"},
     }
     assert api.get("/health/ready").status_code == 200
 
