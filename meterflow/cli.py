@@ -2,7 +2,7 @@
 
     meterflow up [NAME ...]      start services, dataflow and API (idempotent), or only NAMEs
     meterflow down [NAME ...]    stop everything this checkout started, or only NAMEs
-    meterflow status [NAME ...]  one line per process
+    meterflow status [NAME ...]  one line per process (the dataflow's with its lag and last progress)
     meterflow init               create topics, tables and the bucket (any environment)
     meterflow simulate history|fraud|spike [options]
                                  send simulated traffic (docs/simulation.md; --help per kind)
