@@ -278,6 +278,26 @@ def test_a_5xx_stripe_saved_is_retried_under_a_new_key_after_asking_stripe(live,
     }  # fmt: skip
 
 
+def test_a_customer_created_although_every_answer_failed_is_found_not_created_again(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    period = period_around(t)
+    # Stripe creates the customer, but all three answers (1 + 2 SDK retries) are 500s.
+    live.stripe.fail("POST", "/v1/customers", times=3, commit=True)
+    failed, sent = live.run(customer, period)
+    assert failed.status_code == 503, failed.text
+    assert posts(sent) == [("/v1/customers", 500)] * 3
+    (created,) = [o for o in live.stripe.objects.values()
+                  if o["object"] == "customer" and o["metadata"] == {"meterflow_customer_id": customer.customer_id}]  # fmt: skip
+
+    again, sent = live.run(customer, period)
+    assert again.status_code == 200, again.text
+    assert [(r.method, r.path) for r in sent][:2] == [("GET", "/v1/invoices/search"), ("GET", "/v1/customers/search")]
+    assert posts(sent)[0] == ("/v1/invoices", 200)  # no second customer
+    assert again.json()["stripe_operations"]["summary"]["stripe_customer_id"] == created["id"]
+    assert redis.hget("stripe:customers", customer.customer_id) == created["id"].encode()
+
+
 def test_with_the_record_lost_and_the_keys_forgotten_a_rerun_finds_the_stripe_invoice(live, customer, ingest, redis):
     t = now_ms() - HOUR
     ingest(customer, usage_events(customer.customer_id, t))
