@@ -109,9 +109,8 @@ def fuzz(operation: APIOperation, tenants: Tenants) -> Callable[[], None]:
     """A Hypothesis test of one operation: valid and invalid requests alike."""
     cases = st.one_of([operation.as_strategy(mode) for mode in GenerationMode])
 
-    @hypothesis.settings(
-        max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
-    )
+    # Deadline and slow-machine health checks: the suite's profile (tests/conftest.py).
+    @hypothesis.settings(max_examples=MAX_EXAMPLES, database=None)
     @hypothesis.given(cases)
     def run(case: Case) -> None:
         tenant = tenants.next()
