@@ -3,6 +3,7 @@ their decimals exactly."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from decimal import Decimal
@@ -19,7 +20,7 @@ from pydantic import Field, PlainSerializer, WithJsonSchema
 # text a client sends can pass for one.
 _MARK_TOKEN = secrets.token_hex(16)
 _EXACT_MARK = f"\x00exact-{_MARK_TOKEN}:"
-_MARKED_NUMBER = re.compile(rb'"\\u0000exact-%s:(-?[0-9]+\.[0-9]+)"' % _MARK_TOKEN.encode())
+_MARKED_NUMBER = re.compile(rb'"\\u0000exact-%s:(-?[0-9]+(?:\.[0-9]+)?)"' % _MARK_TOKEN.encode())
 
 
 def _number(value: Decimal) -> int | float | str:
@@ -44,11 +45,28 @@ CustomerId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za
 EpochMs = Annotated[int, Field(ge=0, le=32_503_680_000_000, description="Unix epoch milliseconds")]
 
 
+def _marked(value: object) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return _EXACT_MARK + format(value, "f")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def exact_json(content: Any) -> bytes:
+    """JSON of `content` with every number exact: a model dumped in JSON mode
+    (its JsonDecimal values marked) or in Python mode (Decimals), integers of
+    any size. Whatever stores or sends a wire model as JSON goes through here,
+    so no mark ever leaves the process. Read it back exactly with
+    `json.loads(body, parse_float=Decimal)`."""
+    body = json.dumps(
+        content, default=_marked, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode("utf-8")
+    if b"\\u0000exact-" not in body:
+        return body
+    return _MARKED_NUMBER.sub(rb"\1", body)
+
+
 class ExactJSONResponse(JSONResponse):
     """JSON whose JsonDecimal values are exact numbers, however many digits."""
 
     def render(self, content: Any) -> bytes:
-        body = super().render(content)
-        if b"\\u0000exact-" not in body:
-            return body
-        return _MARKED_NUMBER.sub(rb"\1", body)
+        return exact_json(content)

@@ -13,7 +13,12 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, PlainSerializer
 
 import api.routers
-from api.schemas import ExactJSONResponse, JsonDecimal, _number
+from api.routers.invoices import InvoiceOut, invoice_out
+from api.schemas import ExactJSONResponse, JsonDecimal, _number, exact_json
+from meterflow.webhook_outbox import envelope
+from operators.invoices import Invoice, build_invoice
+from operators.metrics import catalog_by_code
+from operators.pricing import pricing_by_code
 
 
 class _Sample(BaseModel):
@@ -79,3 +84,28 @@ def test_every_route_that_answers_a_decimal_writes_it_exactly():
     paths = {r.path for r in with_decimals}
     assert {"/v1/usage", "/v1/invoices/calculate", "/v1/pricing", "/v1/invoices/{invoice_id}"} <= paths
     assert not [r.path for r in with_decimals if r.response_class is not ExactJSONResponse]
+
+
+def test_exact_json_writes_python_mode_decimals_and_big_integers_exactly():
+    content = {"a": Decimal("5"), "b": Decimal("-0.000000001"), "c": 2**70, "d": [Decimal("1E+2")]}
+    assert exact_json(content) == b'{"a":5,"b":-0.000000001,"c":1180591620717411303424,"d":[100]}'
+
+
+def _huge_invoice() -> Invoice:
+    usage = {"bandwidth": Decimal(2 * (2**63 - 1)), "storage_peak": Decimal("1234567890.123456789")}
+    return build_invoice(
+        "cust", 0, 1, usage, catalog_by_code(), pricing_by_code(), generated_at="2026-12-01T00:00:00+00:00"
+    )
+
+
+def test_an_invoice_stored_or_sent_by_webhook_keeps_every_digit_and_no_mark():
+    invoice = invoice_out(_huge_invoice())
+    stored = exact_json(invoice.model_dump())  # api.billing stores the invoice so
+    webhook = envelope("evt", "invoice.created", "cust", invoice.model_dump(), 0)  # api.billing_job sends it so
+    for body in (stored, webhook):
+        assert b"exact-" not in body
+        assert b"18446744073709551614" in body
+        assert b"1234567890.123456789" in body
+        assert b"184467440737095.52" in body
+    again = InvoiceOut.model_validate(json.loads(stored, parse_float=Decimal))
+    assert again == invoice
