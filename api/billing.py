@@ -47,8 +47,10 @@ metadata, finalization by the invoice's status, the customer by search.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from decimal import Decimal
 from functools import partial
 from typing import Any, Callable, TypeVar
 
@@ -61,6 +63,7 @@ from api.deps import Clients
 from api.errors import Conflict, ServiceUnavailable, UpstreamRefused
 from api.invoicing import calculate_invoice
 from api.routers.invoices import invoice_out
+from api.schemas import exact_json
 from operators.billing import (
     CREATE_INVOICE,
     CREATE_INVOICE_ITEM,
@@ -80,7 +83,7 @@ from operators.billing import (
     resolve,
 )
 from operators.invoices import Invoice, invoice_id_for
-from operators.periods import iso_utc
+from operators.periods import BillingPeriod, iso_utc
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +115,10 @@ end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1] .. ':' .. ARGV[2])
 return false
 """
+
+
+class PeriodOpen(Conflict):
+    """The period's grace has not ended: its usage may still grow."""
 
 
 class BillingBusy(Conflict):
@@ -170,6 +177,15 @@ def run_billing(
         raise ServiceUnavailable(f"billing store unavailable: {exc}") from exc
 
 
+def ensure_closed(clients: Clients, period: BillingPeriod, now_ms: int) -> None:
+    """Refuse (PeriodOpen) to bill a period before `BILLING_GRACE_HOURS` after
+    its end: events still on their way belong on its invoice, and a period
+    ending in the future would claim usage that does not exist yet."""
+    closes = period.closes_at(int(clients.settings.billing_grace_hours * 3_600_000))
+    if now_ms < closes:
+        raise PeriodOpen(f"period {period.name} closes at {iso_utc(closes)}: its grace has not ended")
+
+
 def claim_period(client: redis.Redis, customer_id: str, start_ms: int, end_ms: int) -> None:
     """Claim the period for billing, or raise PeriodOverlap if it overlaps a
     period the customer already claimed (the same period again is fine)."""
@@ -184,7 +200,9 @@ def _release_claim(client: redis.Redis, customer_id: str, start_ms: int, end_ms:
 
 
 def _render(invoice: Invoice) -> dict[str, Any]:
-    return invoice_out(invoice).model_dump(mode="json")
+    """The invoice as the API shows it, its numbers Decimal (stored with
+    `exact_json`, read back with `parse_float=Decimal`)."""
+    return invoice_out(invoice).model_dump()
 
 
 def mapped_customer(clients: Clients, customer_id: str) -> str | None:
@@ -227,7 +245,7 @@ class _Progress:
         plan = BillingPlan.from_json(self.fields["plan"])
         customer, invoice_id = self.fields["stripe_customer_id"], self.fields["stripe_invoice_id"]
         return BillingRun(
-            invoice=json.loads(self.fields["invoice"]),
+            invoice=json.loads(self.fields["invoice"], parse_float=Decimal),
             mode="live",
             plan=plan.resolved({CUSTOMER_REF: customer, INVOICE_REF: invoice_id}),
             stripe_customer_id=customer,
@@ -398,6 +416,8 @@ def _adopt(
 
 
 def _live_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int, invoice: Invoice | None) -> BillingRun:
+    if invoice is None:  # usage as computed now (the billing job checked the grace against its own clock)
+        ensure_closed(clients, BillingPeriod(start_ms, end_ms), int(time.time() * 1000))
     run_key = billing_key(customer_id, start_ms, end_ms)
     lock = clients.redis.lock(f"{RECORD_PREFIX}{run_key}:lock", timeout=LOCK_TIMEOUT_S, blocking=False)
     if not lock.acquire():
@@ -428,7 +448,7 @@ def _run_locked(
     if not invoice.lines:
         return BillingRun(_render(invoice), "live", plan_billing(invoice, CUSTOMER_REF), None, None, "no_usage")
     claim_period(clients.redis, customer_id, start_ms, end_ms)
-    invoice_json = json.dumps(_render(invoice))
+    invoice_json = exact_json(_render(invoice)).decode()
     try:
         found = _find_in_stripe(client, invoice.invoice_id)
         if found is not None:  # billed before, but the record is gone: resume that invoice

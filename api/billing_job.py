@@ -45,7 +45,7 @@ from typing import Callable
 
 import structlog
 
-from api.billing import claim_period, run_billing
+from api.billing import PeriodOpen, claim_period, ensure_closed, run_billing
 from api.deps import Clients
 from api.errors import ServiceUnavailable
 from api.invoice_store import DRAFT, FINALIZED, InvoiceStore, StoredInvoice, now_iso
@@ -58,7 +58,7 @@ from operators.events import MAX_AGE_MS
 from operators.invoice_pdf import render_invoice_pdf
 from operators.invoices import Invoice, invoice_id_for
 from operators.metrics import catalog_by_code
-from operators.periods import DAY_MS, BillingPeriod, iso_utc, pdf_key
+from operators.periods import DAY_MS, BillingPeriod, pdf_key
 from operators.pricing import pricing_by_code
 
 log = structlog.get_logger(__name__)
@@ -67,10 +67,6 @@ LOCK_TIMEOUT_S = 3600
 _STORE_RETRIES = 5  # optimistic transactions lost to a concurrent writer
 # Steps a dry run reports for an invoice not drafted yet
 _ALL_STEPS = ["draft", "pdf", "finalized", "sent"]
-
-
-class PeriodOpen(Exception):
-    """The period's grace has not ended: its usage may still grow."""
 
 
 class JobBusy(Exception):
@@ -172,7 +168,7 @@ def _late_usage_of(
 def invoice_event_data(stored: StoredInvoice) -> dict:
     """What every invoice webhook carries (created, finalized, paid, payment
     failed): the invoice as the API shows it, its current status, its PDF key."""
-    data = invoice_out(stored.invoice).model_dump(mode="json")
+    data = invoice_out(stored.invoice).model_dump()  # Decimals: the outbox writes them exactly
     data["status"] = stored.status
     data["pdf_key"] = stored.get("pdf_key")
     return data
@@ -189,10 +185,7 @@ class BillingJob:
 
     def run(self, period: BillingPeriod, now_ms: int | None = None, customers: set[str] | None = None) -> JobReport:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        grace_ms = int(self.clients.settings.billing_grace_hours * 3_600_000)
-        closes = period.closes_at(grace_ms)
-        if now_ms < closes:
-            raise PeriodOpen(f"period {period.label} closes at {iso_utc(closes)}: its grace has not ended")
+        ensure_closed(self.clients, period, now_ms)
         if self.dry_run:  # no lock either: a dry run writes nothing at all
             return self._run(period, now_ms, customers)
         lock = self.clients.redis.lock(

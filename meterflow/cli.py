@@ -118,7 +118,8 @@ def replay_main(argv: list[str]) -> int:
 
 def billing_main(argv: list[str]) -> int:
     # Imported here: the billing commands need the API's modules, the others do not.
-    from api.billing_job import BillingJob, JobBusy, PeriodOpen, job_report_json, report_lines, run_scheduler
+    from api.billing import PeriodOpen
+    from api.billing_job import BillingJob, JobBusy, job_report_json, report_lines, run_scheduler
     from api.deps import Clients
     from api.errors import ServiceUnavailable, UpstreamRefused
     from api.reconcile import reconcile

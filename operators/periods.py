@@ -77,13 +77,24 @@ class BillingPeriod:
         return first.day == 1 and self == BillingPeriod.month(first.year, first.month)
 
     @property
+    def is_whole_days(self) -> bool:
+        return self.start_ms % DAY_MS == 0 and (self.end_ms + 1) % DAY_MS == 0
+
+    @property
     def label(self) -> str:
         first = _day(self.start_ms)
         if self.is_calendar_month:
             return f"{first.year:04d}-{first.month:02d}"
-        if self.start_ms % DAY_MS == 0 and (self.end_ms + 1) % DAY_MS == 0:
+        if self.is_whole_days:
             return f"{first.isoformat()}_{_day(self.end_ms).isoformat()}"
         return f"{self.start_ms}-{self.end_ms}"  # not whole days: exact bounds keep labels unique
+
+    @property
+    def name(self) -> str:
+        """For people: the label of a month or of whole days, else the ISO bounds."""
+        if self.is_calendar_month or self.is_whole_days:
+            return self.label
+        return f"{iso_utc(self.start_ms)}..{iso_utc(self.end_ms)}"
 
     def closes_at(self, grace_ms: int) -> int:
         """When the period may be billed: its end plus the grace for late events."""

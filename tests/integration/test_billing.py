@@ -140,7 +140,9 @@ class Live:
 def live(stack, settings) -> Iterator[Live]:
     mapped = f"cust-mapped-{uuid.uuid4().hex[:12]}"
     with StripeStandIn() as stand_in:
-        with live_api(stack, settings, stand_in, stripe_customer_map=json.dumps({mapped: CONFIGURED})) as live_settings:
+        with live_api(
+            stack, settings, stand_in, stripe_customer_map=json.dumps({mapped: CONFIGURED}), billing_grace_hours=0.0
+        ) as live_settings:
             url = f"http://{live_settings.api_host}:{live_settings.api_port}"
             with httpx.Client(base_url=url, timeout=60) as client:
                 yield Live(client, stand_in, mapped)
@@ -410,6 +412,15 @@ def test_a_stripe_refusal_is_502_and_bills_nothing(live, customer, ingest, redis
 
     again, sent = live.run(customer, period)
     assert again.status_code == 200 and again.json()["stripe_operations"]["summary"]["status"] == "sent"
+
+
+def test_a_live_run_of_a_period_still_open_is_refused(live, customer, ingest, redis):
+    t = now_ms() - HOUR
+    ingest(customer, usage_events(customer.customer_id, t))
+    # Ending in the future, it would claim usage that does not exist yet (and keep the job from billing it).
+    open_period, sent = live.run(customer, {"start": t - HOUR, "end": now_ms() + HOUR})
+    assert open_period.status_code == 409 and "closes at" in open_period.json()["error"], open_period.text
+    assert sent == [] and not redis.exists(f"billing:periods:{customer.customer_id}")
 
 
 def test_live_run_without_usage_calls_stripe_not_at_all(live, customer):

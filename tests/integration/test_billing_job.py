@@ -28,7 +28,8 @@ from typing import Iterator
 import pytest
 
 import api.billing_job as billing_job
-from api.billing_job import BillingJob, PeriodOpen, report_lines, run_scheduler
+from api.billing import PeriodOpen
+from api.billing_job import BillingJob, report_lines, run_scheduler
 from api.deps import Clients
 from api.invoice_store import InvoiceStore
 from meterflow.settings import Settings
