@@ -45,19 +45,26 @@ def dataflow_line(url: str) -> str:
     return f"STALLED: {line}" if report["stalled"] else line
 
 
+def add_dataflow(stack: Stack, name: str, settings: Settings) -> None:
+    """Register a dataflow process configured by `settings`: healthy once its
+    /health/ready answers, unhealthy while it is stalled (503), and `status`
+    shows its lag and last progress. Without a metrics port, alive = healthy."""
+    env = {**os.environ, **settings.as_env()}
+    if not settings.flow_metrics_port:
+        stack.add_process(name, DATAFLOW_ARGV, env=env)
+        return
+    url = f"http://{settings.flow_metrics_host}:{settings.flow_metrics_port}"
+    stack.add_process(
+        name, DATAFLOW_ARGV, env=env, health=http_ok(f"{url}/health/ready"), port=settings.flow_metrics_port,
+        describe=lambda: dataflow_line(f"{url}/health"),
+    )  # fmt: skip
+
+
 def local_stack(config: StackConfig, settings: Settings) -> Stack:
     """Services from `config`, apps configured by `settings` (which must point at them)."""
     stack = Stack(config)
     env = {**os.environ, **settings.as_env()}
-    if settings.flow_metrics_port:
-        # Healthy once it serves, unhealthy while stalled (503).
-        flow_url = f"http://{settings.flow_metrics_host}:{settings.flow_metrics_port}"
-        stack.add_process(
-            "dataflow", DATAFLOW_ARGV, env=env, health=http_ok(f"{flow_url}/health/ready"),
-            port=settings.flow_metrics_port, describe=lambda: dataflow_line(f"{flow_url}/health"),
-        )  # fmt: skip
-    else:
-        stack.add_process("dataflow", DATAFLOW_ARGV, env=env)
+    add_dataflow(stack, "dataflow", settings)
     # Always: customers' endpoints need it whether or not ALERT_WEBHOOK_URL is set.
     stack.add_process("webhooks", WEBHOOKS_ARGV, env=env)
     stack.add_process(

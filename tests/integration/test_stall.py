@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import socket
 import threading
 import time
@@ -31,9 +30,9 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from meterflow import flow_progress
-from meterflow.clients import kafka_admin, redis_client
+from meterflow.clients import kafka_admin
 from meterflow.flow_progress import Heartbeat
-from meterflow.local import DATAFLOW_ARGV, dataflow_line, http_ok
+from meterflow.local import add_dataflow
 from meterflow.settings import Settings
 from meterflow.stack import Stack, StackConfig, free_port
 from meterflow.storage import ensure_topics
@@ -151,8 +150,7 @@ def produce_backlog(settings: Settings, customer_id: str, count: int) -> None:
 
 @dataclasses.dataclass
 class Flow:
-    """A dataflow process of the session's stack, reading the slow broker,
-    registered as meterflow.local registers the real one."""
+    """A dataflow process of the session's stack, reading the slow broker."""
 
     name: str
     url: str
@@ -181,11 +179,11 @@ class Flow:
 
 
 @pytest.fixture
-def start_flow(stack: Stack, settings: Settings, slow_broker: SlowBroker, tmp_path: Path):
-    """Starts a dataflow on the slow broker with the given settings; stops
-    it afterwards and removes its heartbeat, so the session's API is not
-    left degraded for the next test."""
-    started: list[tuple[str, int | None]] = []
+def start_flow(stack: Stack, settings: Settings, slow_broker: SlowBroker, tmp_path: Path, redis):
+    """Starts a dataflow on the slow broker with the given settings, as
+    `meterflow up` starts the real one; stops it afterwards and removes its
+    heartbeat, so the session's API is not left degraded for the next test."""
+    started: list[tuple[str, str, int | None]] = []
 
     def start(**overrides: object) -> Flow:
         flow_settings = dataclasses.replace(
@@ -197,21 +195,16 @@ def start_flow(stack: Stack, settings: Settings, slow_broker: SlowBroker, tmp_pa
             **overrides,
         )
         name = f"dataflow-slow-{flow_settings.flow_metrics_port}"
-        url = f"http://{flow_settings.flow_metrics_host}:{flow_settings.flow_metrics_port}"
-        stack.add_process(
-            name, DATAFLOW_ARGV, env={**os.environ, **flow_settings.as_env()}, health=http_ok(f"{url}/health/ready"),
-            port=flow_settings.flow_metrics_port, describe=lambda: dataflow_line(f"{url}/health"),
-        )  # fmt: skip
+        add_dataflow(stack, name, flow_settings)
         stack.start_service(name)
-        started.append((name, stack.status()[name].pid))
+        started.append((name, flow_settings.topic_events, stack.status()[name].pid))
+        url = f"http://{flow_settings.flow_metrics_host}:{flow_settings.flow_metrics_port}"
         return Flow(name, url, settings.data_dir / name / f"{name}.log")
 
     yield start
-    redis = redis_client(settings)
-    for name, pid in started:
+    for name, topic, pid in started:
         stack.stop_service(name)
-        redis.delete(flow_progress.key(settings.topic_events, f"{socket.gethostname()}:{pid}"))
-    redis.close()
+        redis.delete(flow_progress.key(topic, f"{socket.gethostname()}:{pid}"))
 
 
 def test_the_old_fetch_wait_stalls_on_a_slow_broker_and_the_stall_is_reported_everywhere(
