@@ -1,15 +1,18 @@
 """Detection quality: precision, recall and delay of the streaming detectors on a labelled month.
 
     .venv/bin/python benchmarks/detection.py [--customers 1000] [--events-per-day 100] [--seed 42]
-        [--fraud-share 0.1] [--spike-share 0.1] [--spike-factor 20] [--background-share 0]
+        [--populations office,247,batch,tiny,large,growth,holiday] (default office; NAME:WEIGHT)
+        [--fraud-share 0.1] [--spike-share 0.1] [--spike-factor 20 | LOW HIGH] [--background-share 0]
         [--stack private|running] [--kafka-storage memory|s3] [--flow-batch-size 1000]
         [--settle-s 15] [--timeout-s 3600]
         [--save alerts.jsonl]
 
 1. Generates a labelled month with `meterflow.simulate.labelled_month`:
-   office-hours traffic of `--customers` customers over the local days
-   D-28 .. D-2, with stolen-key nights (fraud) and one-hour spikes injected
-   on known customers and days (docs/simulation.md).
+   traffic of `--customers` customers of the `--populations` mix (office
+   hours by default) over the local days D-28 .. D-3, with stolen-key
+   nights (fraud) and one-hour spikes injected on known customers and days
+   of every population, and benign look-alikes labelled (holidays, nightly
+   batches run late) (docs/simulation.md).
 2. Produces it to Kafka `events.raw` in time order, the simulator's Kafka
    path (`meterflow.sender`), into a private system (default: the whole
    stack on free ports in a temporary directory, the broker's log in
@@ -32,7 +35,11 @@
    - anomaly critical / warning+: `usage_spike` and `daily_anomaly`, vs
      spike incidents for recall; for precision an anomaly about a stolen
      key's night (a real anomaly) counts as true.
-   Each row for all metrics together ("any") and for each metric alone.
+   Each row for all metrics together ("any") and for each metric alone,
+   then, for all metrics together, per population: its customers' findings
+   against its customers' incidents, false findings per 1000 of its
+   customer-days, and how many false findings were about a benign
+   look-alike (`false_on_benign`).
    Delay per detected incident: its earliest true finding, in event time
    (alert `event_time` - the incident's first event) and in wall time
    (alert `created_at` - when that event was acknowledged by the broker).
@@ -43,8 +50,10 @@
    a replayed batch spans hours of event time, so a detection can come up
    to an hour late. `--flow-batch-size` (private stack) makes batches
    smaller, closer to live traffic, at some cost in throughput.
-Prints the machine and configuration, a table and one JSON line; `--save`
-also writes the incidents and alerts, to see what was found or missed.
+Prints the machine and configuration, a table and one JSON line, for all
+customers by metric, then per population; `--save` also writes the
+incidents, benign labels, populations and alerts, to see what was found or
+missed.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ from tqdm import tqdm
 
 from common import private_system, report  # noqa: I001 - benchmarks run as scripts
 from meterflow import sender, simulate
+from meterflow.cli import mix_arg
 from meterflow.clients import clickhouse_client
 from meterflow.settings import Settings
 from meterflow.simulate import Incident, Traffic
@@ -127,10 +137,15 @@ def detection(finding: Finding, incident: Incident) -> tuple[int, int] | None:
 def score(
     row: Row, metric: str, alerts: list[dict[str, Any]], incidents: tuple[Incident, ...],
     produced_at: dict[Incident, int], scored_from: dict[str, int], customer_days: float,
+    benign: tuple[Incident, ...] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """One row of the table: `row`'s alerts of `metric` ("any": all metrics) against the labels."""
-    everything = findings([a for a in alerts if row.alerts(a) and metric in ("any", a["metric"])])
+    """One row of the table: `row`'s alerts of `metric` ("any": all metrics) about
+    the customers of `scored_from` against the labels. `benign`: look-alikes
+    that a false finding may be about (counted as `false_on_benign`)."""
+    mine = [a for a in alerts if a["customer_id"] in scored_from]
+    everything = findings([a for a in mine if row.alerts(a) and metric in ("any", a["metric"])])
     found = [f for f in everything if f.window_start >= scored_from[f.customer_id]]
+    incidents = tuple(i for i in incidents if i.customer_id in scored_from)
     by_customer: dict[str, list[Incident]] = {}
     for incident in incidents:
         by_customer.setdefault(incident.customer_id, []).append(incident)
@@ -141,8 +156,11 @@ def score(
         hits = [hit for f in found if (hit := detection(f, incident))]
         if hits:
             event_delays.append((min(e for e, _ in hits) - incident.first_event_ms) / 60_000)
-            wall_delays.append((min(c for _, c in hits) - produced_at[incident]) / 1000)
+            if incident in produced_at:
+                wall_delays.append((min(c for _, c in hits) - produced_at[incident]) / 1000)
     false = len(found) - len(true)
+    labelled = {f for f in true}
+    look_alikes = [f for f in found if f not in labelled and any(_overlaps(f, b) for b in benign)]
     return {
         "detector": row.name,
         "metric": metric,
@@ -152,11 +170,20 @@ def score(
         "findings": len(found),
         "false": false,
         "precision": _ratio(len(true), len(found)),
-        "false_per_1000_customer_days": round(1000 * false / customer_days, 1),
+        "false_per_1000_customer_days": round(1000 * false / customer_days, 1) if customer_days else None,
+        "false_on_benign": len(look_alikes),
         "warm_up_findings": len(everything) - len(found),
         "median_delay_event_min": round(statistics.median(event_delays), 1) if event_delays else None,
         "median_delay_wall_s": round(statistics.median(wall_delays), 1) if wall_delays else None,
     }
+
+
+def _overlaps(finding: Finding, label: Incident) -> bool:
+    return (
+        finding.customer_id == label.customer_id
+        and finding.window_start < label.end_ms
+        and label.start_ms < finding.window_end
+    )
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -169,6 +196,8 @@ def first_event_produced_at(traffic: Traffic, sent: sender.SendReport) -> dict[I
     at = np.array([ms for _, ms in sent.confirmed_at])
     out = {}
     for incident in traffic.incidents:
+        if not incident.events:
+            continue  # nothing was sent (a tiny customer's Poisson night can be empty)
         customer = traffic.customer_ids.index(incident.customer_id)
         mine = (traffic.timestamp == incident.first_event_ms) & (traffic.customer == customer)
         index = int(np.flatnonzero(mine)[0])
@@ -237,24 +266,50 @@ def read_alerts(ch, settings: Settings, prefix: str) -> list[dict[str, Any]]:
     return [{**row, "evidence": orjson.loads(row["evidence"])} for row in rows]
 
 
-def scored_period(profiles: list[simulate.CustomerProfile], today: date, shape: simulate.TrafficShape):
+def scored_period(
+    profiles: list[simulate.CustomerProfile], today: date, shape: simulate.TrafficShape
+) -> tuple[dict[str, int], dict[str, float]]:
     """Per customer, when scoring starts (a day before any incident can
-    begin: a finding about an incident starts no earlier), and the
-    customer-days scored. The first two weeks are the detectors' warm-up:
-    their findings are counted apart, since a live system has learned long
-    before."""
+    begin: a finding about an incident starts no earlier), and its days
+    scored. The first two weeks are the detectors' warm-up: their findings
+    are counted apart, since a live system has learned long before."""
     scored_from = {p.customer_id: simulate.first_incident_ms(p, today, shape) - simulate.DAY_MS
                    for p in profiles}  # fmt: skip
     last_day = simulate.history_days(today, simulate.OLDEST_DAY + 1)[-1]
     ends = {p.customer_id: p.day_start_ms(last_day) + simulate.DAY_MS for p in profiles}
-    return scored_from, sum(ends[c] - start for c, start in scored_from.items()) / simulate.DAY_MS
+    return scored_from, {c: (ends[c] - start) / simulate.DAY_MS for c, start in scored_from.items()}
 
 
-def save(path: Path, month: Traffic, alerts: list[dict[str, Any]]) -> None:
-    """Incidents and alerts as JSON lines, to look into what was found or missed."""
+def by_population(
+    profiles: list[simulate.CustomerProfile], month: Traffic, alerts: list[dict[str, Any]],
+    produced_at: dict[Incident, int], scored_from: dict[str, int], days: dict[str, float],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every row, all metrics together, for each population and for all
+    customers: the issue's targets hold per population (a detector that is
+    quiet on office hours but pages every night for batch jobs fails)."""
+    groups = {name: {p.customer_id for p in profiles if p.population == name} for name in simulate.POPULATIONS}
+    groups = {name: ids for name, ids in groups.items() if ids}
+    if len(groups) > 1:
+        groups["all"] = set(scored_from)
+    out = []
+    for name, ids in groups.items():
+        mine = {c: scored_from[c] for c in ids}
+        for row in ROWS:
+            scored = score(row, "any", alerts, month.incidents, produced_at, mine, sum(days[c] for c in ids),
+                           month.benign)  # fmt: skip
+            out.append({"population": name, "customers": len(ids), **scored})
+    return out
+
+
+def save(path: Path, profiles: list[simulate.CustomerProfile], month: Traffic, alerts: list[dict[str, Any]]) -> None:
+    """Customers, labels and alerts as JSON lines, to look into what was found or missed."""
     with path.open("wb") as out:
+        for profile in profiles:
+            out.write(orjson.dumps({"customer": dataclasses.asdict(profile)}) + b"\n")
         for incident in month.incidents:
             out.write(orjson.dumps({"incident": dataclasses.asdict(incident)}) + b"\n")
+        for look_alike in month.benign:
+            out.write(orjson.dumps({"benign": dataclasses.asdict(look_alike)}) + b"\n")
         for alert in alerts:
             out.write(orjson.dumps({"alert": alert}) + b"\n")
 
@@ -266,7 +321,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--fraud-share", type=float, default=0.1, help="share of customers with a stolen key")
     parser.add_argument("--spike-share", type=float, default=0.1, help="share of customers with a spike")
-    parser.add_argument("--spike-factor", type=float, default=20.0, help="times the usual busy-hour volume")
+    parser.add_argument("--populations", type=mix_arg, default={"office": 1.0}, metavar="NAME[:WEIGHT],...",
+                        help=f"customer populations and weights, of {','.join(simulate.POPULATIONS)}")
+    parser.add_argument("--spike-factor", type=float, nargs="+", default=[20.0], metavar="FACTOR",
+                        help="times the usual busy-hour volume; LOW HIGH: drawn per spike")
     parser.add_argument("--background-share", type=float, default=0.0, help="of a day, off hours")
     parser.add_argument("--stack", choices=["private", "running"], default="private")
     parser.add_argument("--kafka-storage", choices=["memory", "s3"], default="memory",
@@ -277,14 +335,18 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=3600.0)
     parser.add_argument("--save", type=Path, help="write incidents and alerts here (JSON lines)")
     args = parser.parse_args()
+    if len(args.spike_factor) > 2:
+        parser.error("--spike-factor takes one factor or LOW HIGH")
+    spike_factor = args.spike_factor[0] if len(args.spike_factor) == 1 else tuple(args.spike_factor)
 
     shape = simulate.TrafficShape(background_share=args.background_share)
     today = simulate.utc_today(int(time.time() * 1000))
     with system(args.stack, args.kafka_storage, args.flow_batch_size) as (settings, prefix):
         generating = time.monotonic()
-        profiles = simulate.make_profiles(args.customers, args.seed, args.events_per_day, prefix)
+        profiles = simulate.make_profiles(args.customers, args.seed, args.events_per_day, prefix, args.populations,
+                                          today)  # fmt: skip
         month = simulate.labelled_month(
-            profiles, today, args.seed, args.fraud_share, args.spike_share, args.spike_factor, shape=shape
+            profiles, today, args.seed, args.fraud_share, args.spike_share, spike_factor, shape=shape
         )
         generated_s = time.monotonic() - generating
         producing = time.monotonic()
@@ -294,12 +356,13 @@ def main() -> int:
         stored_at = wait_for_pipeline(ch, settings, prefix, len(month), args.settle_s, args.timeout_s)
         alerts = read_alerts(ch, settings, prefix)
     if args.save:
-        save(args.save, month, alerts)
+        save(args.save, profiles, month, alerts)
 
-    scored_from, customer_days = scored_period(profiles, today, shape)
+    scored_from, days = scored_period(profiles, today, shape)
+    customer_days = sum(days.values())
     metrics = ["any", *sorted({a["metric"] for a in alerts})]
     rows = [
-        score(row, metric, alerts, month.incidents, produced_at, scored_from, customer_days)
+        score(row, metric, alerts, month.incidents, produced_at, scored_from, customer_days, month.benign)
         for row in ROWS
         for metric in metrics
     ]
@@ -307,13 +370,15 @@ def main() -> int:
         "stack": args.stack if args.stack == "running" else f"private, {args.kafka_storage} broker",
         "flow_batch_size": settings.flow_batch_size,
         "customers": args.customers,
+        "populations": ",".join(f"{name}:{weight:g}" for name, weight in args.populations.items()),
         "events_per_day": args.events_per_day,
         "background_share": args.background_share,
         "seed": args.seed,
-        "spike_factor": args.spike_factor,
+        "spike_factor": spike_factor,
         "events": len(month),
         "fraud_incidents": sum(i.kind == "fraud" for i in month.incidents),
         "spike_incidents": sum(i.kind == "spike" for i in month.incidents),
+        "benign_labels": len(month.benign),
         "scored_customer_days": round(customer_days),
         "alerts": len(alerts),
         "generate_s": round(generated_s, 1),
@@ -324,7 +389,13 @@ def main() -> int:
                "false_per_1000_customer_days", "warm_up_findings", "median_delay_event_min",
                "median_delay_wall_s"]  # fmt: skip
     report("detection", config, columns, rows)
+    columns = ["population", "customers", "detector", "incidents", "detected", "recall", "findings", "false",
+               "precision", "false_per_1000_customer_days", "false_on_benign", "median_delay_event_min",
+               "median_delay_wall_s"]  # fmt: skip
+    report("detection per population", config, columns,
+           by_population(profiles, month, alerts, produced_at, scored_from, days))  # fmt: skip
     return 0
+
 
 
 if __name__ == "__main__":

@@ -188,6 +188,14 @@ def billing_main(argv: list[str]) -> int:
     return 0 if report.ok else 1
 
 
+def mix_arg(text: str) -> dict[str, float]:
+    """`--populations`: a mix of customer populations (simulate.parse_mix)."""
+    try:
+        return simulate.parse_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def simulate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meterflow simulate", description="Send simulated traffic (see docs/simulation.md)."
@@ -199,13 +207,17 @@ def simulate_parser() -> argparse.ArgumentParser:
     common.add_argument("--event-type", default="api_request", choices=["api_request", "storage", "compute"])
     common.add_argument("--seed", type=int, default=42, help="same seed, same traffic and transaction ids")
     common.add_argument("--prefix", default="sim", help="customer ids are PREFIX-0001 ...")
+    common.add_argument(
+        "--populations", type=mix_arg, default={"office": 1.0}, metavar="NAME[:WEIGHT],...",
+        help=f"customer populations and weights, of {','.join(simulate.POPULATIONS)} (default office)",
+    )  # fmt: skip
     common.add_argument("--via", choices=["api", "kafka"], default="api", help="/v1/events or events.raw")
     common.add_argument("--api-url", help="default: http://API_HOST:API_PORT")
     common.add_argument(
         "--batch-size", type=int, default=sender.MAX_BATCH, help="per request (at most 1000) or produce"
     )
-    history = kinds.add_parser("history", parents=[common], help="office-hours traffic of the last DAYS days")
-    history.add_argument("--days", type=int, default=30, help="up to today; fills D-28 .. D-2 at most")
+    history = kinds.add_parser("history", parents=[common], help="ordinary traffic of the last DAYS days")
+    history.add_argument("--days", type=int, default=30, help="up to today; fills D-28 .. D-3 at most")
     targeted = argparse.ArgumentParser(add_help=False, parents=[common])
     targeted.add_argument("--targets", type=int, nargs="+", default=[1], help="customer numbers (default 1)")
     kinds.add_parser("fraud", parents=[targeted], help="a stolen key: a day's volume at night")
@@ -219,20 +231,25 @@ def simulate_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level, json=False)
-    profiles = simulate.make_profiles(args.customers, args.seed, args.events_per_day, args.prefix)
+    now_ms = int(time.time() * 1000)
+    profiles = simulate.make_profiles(
+        args.customers, args.seed, args.events_per_day, args.prefix, args.populations, simulate.utc_today(now_ms)
+    )
     if args.kind != "history":
         if not all(1 <= n <= args.customers for n in args.targets):
             parser.error(f"--targets are customer numbers from 1 to {args.customers}")
         profiles = [profiles[n - 1] for n in args.targets]
     try:
         traffic = simulate.scenario(
-            args.kind, profiles, int(time.time() * 1000), args.seed, args.event_type,
+            args.kind, profiles, now_ms, args.seed, args.event_type,
             days=getattr(args, "days", 0), factor=getattr(args, "factor", 0.0),
         )  # fmt: skip
     except ValueError as exc:
         parser.error(str(exc))
     for incident in traffic.incidents:
         print(f"incident: {incident.describe()}")
+    for look_alike in traffic.benign:
+        print(f"benign: {look_alike.describe()}")
     try:
         report = sender.send(traffic, args.via, settings, args.api_url, args.batch_size, args.kind)
     except sender.SendError as exc:
