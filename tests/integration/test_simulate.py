@@ -54,3 +54,33 @@ def test_fraud_via_kafka_reaches_the_dataflow(cli_env, clickhouse, settings, cap
         what="the stolen key's events in ClickHouse",
     )
     assert stored_count(clickhouse, settings, f"{prefix}-0001") == 0  # only the target
+
+
+def test_populations_history_and_a_stolen_night_after_it_land_once(cli_env, clickhouse, settings, capsys):
+    """Every population's month through Kafka, then a stolen key on a batch
+    customer: its night adds to the history's rows, on none of its days."""
+    prefix = f"sim{uuid.uuid4().hex[:8]}"
+    common = ["--via", "kafka", "--customers", "5", "--events-per-day", "40", "--prefix", prefix,
+              "--populations", "office,247,batch,tiny,holiday"]  # fmt: skip
+    assert main(["simulate", "history", "--days", "30", *common]) == 0
+    out = capsys.readouterr().out
+    now_ms = int(time.time() * 1000)
+    today = simulate.utc_today(now_ms)
+    profiles = simulate.make_profiles(5, 42, 40.0, prefix, simulate.parse_mix("office,247,batch,tiny,holiday"), today)
+    history = simulate.history(profiles, simulate.history_days(today, 30), 42)
+    assert {p.population for p in profiles} == {"office", "247", "batch", "tiny", "holiday"}
+    assert sorted(b.kind for b in history.benign) == ["batch_shift", "holiday"]
+    for look_alike in history.benign:
+        assert f"benign: {look_alike.describe()}" in out
+    expected = history.counts()
+    for customer_id, count in expected.items():
+        wait_for(lambda: stored_count(clickhouse, settings, customer_id) == count, what=f"{customer_id} rows")
+
+    (batch,) = [p for p in profiles if p.population == "batch"]
+    assert main(["simulate", "fraud", "--targets", str(batch.number), *common]) == 0
+    (incident,) = simulate.fraud([batch], simulate.fraud_day(now_ms), 42).incidents
+    assert f"incident: {incident.describe()}" in capsys.readouterr().out
+    total = expected[batch.customer_id] + incident.events
+    wait_for(lambda: stored_count(clickhouse, settings, batch.customer_id) == total, what="history + stolen night")
+    last_history_day = simulate.history_days(today, 30)[-1]
+    assert batch.local_day(incident.start_ms) > last_history_day
