@@ -59,3 +59,9 @@ def test_iso_utc_is_what_people_read():
     december = BillingPeriod.month(2026, 12)
     assert iso_utc(december.closes_at(grace_ms=2 * DAY_MS)) == "2027-01-03T00:00:00Z"
     assert iso_utc(december.end_ms) == "2026-12-31T23:59:59.999Z"
+
+
+def test_names_are_labels_for_months_and_days_else_iso_bounds():
+    assert BillingPeriod.month(2026, 10).name == "2026-10"
+    assert BillingPeriod.days(date(2026, 10, 5), date(2026, 10, 11)).name == "2026-10-05_2026-10-11"
+    assert BillingPeriod(1000, 5000).name == "1970-01-01T00:00:01Z..1970-01-01T00:00:05Z"
