@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from minio import Minio
 
 from api import keys, metrics
 from api.errors import ServiceUnavailable
+from api.exposure import host_header_is_loopback, is_loopback
 from api.ratelimit import RateLimiter
 from meterflow.clients import clickhouse_client, kafka_producer, redis_client, s3_client
 from meterflow.settings import Settings
@@ -150,36 +150,6 @@ def ensure_own_customer(key: keys.ApiKeyRecord, customer_id: str) -> None:
         raise HTTPException(403, "this API key may not access another customer's data")
 
 
-def is_loopback(host: str) -> bool:
-    """`host` (a name or an address, IPv6 without brackets) is this machine's
-    loopback: `localhost`, 127.0.0.0/8 or ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def host_header_is_loopback(value: str | None) -> bool:
-    """A Host header (`name`, `name:port`, `[v6]`, `[v6]:port`) naming loopback.
-
-    A page that reaches the API through DNS rebinding is served from its own
-    name (attacker.example, now resolving to 127.0.0.1), and the browser
-    sends that name: it can never send `localhost`.
-    """
-    if not value:
-        return False
-    if value.startswith("["):
-        host, closed, rest = value[1:].partition("]")
-        if not closed or ":" not in host:
-            return False  # brackets hold a whole IPv6 address only
-    else:
-        host, _, port = value.partition(":")
-        rest = f":{port}" if _ else ""
-    return (rest == "" or (rest[:1] == ":" and rest[1:].isdigit())) and is_loopback(host)
-
-
 def require_admin(
     request: Request,
     clients: ClientsDep,
@@ -190,7 +160,7 @@ def require_admin(
     with the exact token, or, when none is configured, only over loopback.
 
     Without a token the API refuses to start unless it listens on loopback
-    (api.main.check_admin_exposure); here each request must also have
+    (api.exposure.check_admin_exposure); here each request must also have
     arrived on a loopback address and name loopback in its Host header, so
     neither a server started some other way nor a browser page using DNS
     rebinding gets in.

@@ -23,8 +23,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import HTMLResponse
 
 from api.dashboard import mount_dashboard
-from api.deps import Clients, is_loopback
+from api.deps import Clients
 from api.errors import install_error_handlers
+from api.exposure import check_admin_exposure
 from api.limits import BodySizeLimit
 from api.metrics import router as metrics_router
 from api.middleware import ObservabilityMiddleware
@@ -43,22 +44,6 @@ log = structlog.get_logger(__name__)
 SWAGGER_JS = "/dashboard/vendor/swagger-ui-bundle.js"
 SWAGGER_CSS = "/dashboard/vendor/swagger-ui.css"
 SWAGGER_FAVICON = "/dashboard/favicon.svg"
-
-
-class AdminExposed(Exception):
-    """The API would serve open admin routes beyond this machine."""
-
-
-def check_admin_exposure(settings: Settings) -> None:
-    """Refuse an API without ADMIN_TOKEN on a non-loopback API_HOST: anyone
-    who reached it could mint a key for any customer."""
-    if not settings.admin_token and not is_loopback(settings.api_host):
-        raise AdminExposed(
-            f"ADMIN_TOKEN is not set and API_HOST={settings.api_host!r} is not a loopback address, so anyone "
-            "who reaches the API could create API keys for any customer. Set ADMIN_TOKEN to a long random "
-            "secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-            "or set API_HOST=127.0.0.1."
-        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

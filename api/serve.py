@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
-from api.main import AdminExposed, check_admin_exposure
+from api.exposure import AdminExposed, check_admin_exposure
 from meterflow.settings import Settings
 
 

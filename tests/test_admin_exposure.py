@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from api.deps import host_header_is_loopback, is_loopback
+from api.exposure import host_header_is_loopback, is_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import AdminExposed, create_app
+from api.exposure import AdminExposed
+from api.main import create_app
 from tests.integration.conftest import new_customer
 
 KEYS = "/v1/admin/keys"
