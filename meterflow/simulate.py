@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -311,7 +311,7 @@ def make_profiles(
         rng = _rng(seed, number, _PROFILE)
         offset = int(rng.choice(UTC_OFFSETS_H))
         volume = float(events_per_day * rng.lognormal(0.0, 0.5))
-        extra: dict = {}
+        extra: dict[str, Any] = {}
         if population == "tiny":
             volume = sum(TINY_EVENTS) / 2
         elif population == "large":
@@ -584,7 +584,8 @@ def _benign_change(
     job = slice(profile.batch_start_h, profile.batch_start_h + BATCH_HOURS)
     late = slice(job.start + shift, job.stop + shift)
     # The job's share of those hours moves; background traffic there stays.
-    moved = rng.binomial(counts[day, job], np.minimum(1.0, BATCH_SHARE / BATCH_HOURS / profile.hour_weights(shape)[job]))
+    job_share = np.minimum(1.0, BATCH_SHARE / BATCH_HOURS / profile.hour_weights(shape)[job])
+    moved = rng.binomial(counts[day, job], job_share)
     counts[day, job] -= moved
     counts[day, late] += moved
     return "batch_shift", start + job.start * HOUR_MS, start + late.stop * HOUR_MS

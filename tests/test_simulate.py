@@ -263,7 +263,8 @@ def test_office_hours_peak_in_local_daytime_whatever_the_time_zone():
     for profile in profiles:
         hours = per_local_hour(traffic, profile)
         assert hours[:9].sum() == hours[17:].sum() == 0 and 9 <= int(np.argmax(hours)) < 17
-        utc = np.bincount((traffic.timestamp[traffic.customer == profiles.index(profile)] // HOUR_MS) % 24, minlength=24)
+        mine = traffic.timestamp[traffic.customer == profiles.index(profile)]
+        utc = np.bincount((mine // HOUR_MS) % 24, minlength=24)
         assert utc[(9 - profile.utc_offset_h) % 24] > 0  # the same day, seen in UTC: shifted by the offset
 
 
@@ -402,8 +403,12 @@ def test_every_populations_fraud_sits_in_local_night_after_the_history_days(now_
 def test_every_population_passes_validation_at_any_time_of_day(now_ms):
     profiles = mixed(ALL_BUT_LARGE, customers=14, events_per_day=30) + extremes(events_per_day=30)
     today = simulate.utc_today(now_ms)
-    for traffic in (simulate.labelled_month(profiles, today, 7, spike_factor=(5.0, 20.0)),
-                    simulate.scenario("fraud", profiles, now_ms, 7), simulate.scenario("spike", profiles, now_ms, 7)):  # fmt: skip
+    scenarios = [
+        simulate.labelled_month(profiles, today, 7, spike_factor=(5.0, 20.0)),
+        simulate.scenario("fraud", profiles, now_ms, 7),
+        simulate.scenario("spike", profiles, now_ms, 7),
+    ]
+    for traffic in scenarios:
         for event in traffic.events():
             validate_event(event, now_ms)
     large = mixed("large", customers=1)
@@ -433,7 +438,8 @@ def test_the_labelled_month_gives_every_population_its_frauds_spikes_and_look_al
             assert incident.events >= 3 * profile.busy_hour_volume(day, shape)
             assert incident.events <= 30 * profile.busy_hour_volume(day, shape) + 20
         else:
-            hours = (mine[(mine >= incident.start_ms) & (mine < incident.end_ms)] // HOUR_MS + profile.utc_offset_h) % 24
+            night = mine[(mine >= incident.start_ms) & (mine < incident.end_ms)]
+            hours = (night // HOUR_MS + profile.utc_offset_h) % 24
             assert np.all((hours >= 21) | (hours < 5)), profile.population
     factors = [i.events / by_id[i.customer_id].busy_hour_volume(by_id[i.customer_id].local_day(i.start_ms), shape)
                for i in month.incidents if i.kind == "spike" and by_id[i.customer_id].population != "tiny"]  # fmt: skip
