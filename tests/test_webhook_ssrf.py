@@ -1,13 +1,17 @@
 """Where webhook deliveries may go, without services: the address classifier
 on every form the issue named (IPv6 forms that embed an IPv4 address), and
 the delivery client against a real loopback receiver, proving it connects to
-the address it checked however DNS answers afterwards. (Registration and the
+the address it checked however DNS answers afterwards, with the URL's name
+in Host, SNI and certificate verification. (Registration and the
 webhook process in strict mode: tests/integration/test_webhooks.py.)"""
 
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
@@ -199,3 +203,51 @@ def test_proxies_from_the_environment_are_not_used(receiver, monkeypatch):
         outcome = attempt(client, "http://169.254.169.254/latest/meta-data", EVENT)
     assert "not a public address" in (outcome.error or "")
     assert receiver.hosts == []
+
+
+@pytest.fixture
+def tls_server(tmp_path) -> Iterator[tuple[int, list[str]]]:
+    """A TLS listener on 127.0.0.1 with a self-signed certificate for
+    hooks.example; yields its port and the SNI names clients sent."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.example",
+         "-addext", "subjectAltName=DNS:hooks.example", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    names: list[str] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+        except OSError:  # ssl.SSLError included: the client refuses our certificate
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], names
+    thread.join(10)
+    listener.close()
+
+
+def test_tls_goes_to_the_checked_address_with_the_urls_name_and_verifies_it(tls_server, dns, loopback_is_public):
+    """Connecting to the checked IP changes nothing above TCP: SNI is the
+    URL's host name, and the certificate is verified against it (this one is
+    self-signed, so the try fails, retriably, before anything is sent)."""
+    port, names = tls_server
+    dns.answers = ["127.0.0.1", "127.0.0.2"]
+    with delivery_client(5.0) as client:
+        outcome = attempt(client, f"https://hooks.example:{port}/hook", EVENT)
+    assert not outcome.delivered and outcome.retriable, outcome
+    assert "CERTIFICATE_VERIFY_FAILED" in outcome.error, outcome.error
+    assert names == ["hooks.example"]
+    assert dns.asked == ["127.0.0.1"]
