@@ -159,9 +159,9 @@ def test_revoking_by_id_needs_the_keys_own_customer(api):
     assert wrong.status_code == 404 and "no API key with that id" in wrong.json()["error"]
     unknown = api.delete(f"{KEYS}/key_{uuid.uuid4().hex[:24]}", params={"customer_id": owner.customer_id})
     assert unknown.status_code == 404
-    for bad in ("mf_notanid", "key_XYZ", "key_../x"):
+    for bad in ("mf_notanid", "key_XYZ", "key_" + "0" * 61):
         malformed = api.delete(f"{KEYS}/{bad}", params={"customer_id": owner.customer_id})
-        assert 400 <= malformed.status_code < 500 and malformed.json()["error"], (bad, malformed.text)
+        assert malformed.status_code == 400 and "key_id" in malformed.json()["error"], (bad, malformed.text)
     usage = {"customer_id": owner.customer_id, "metric": "api_calls", "start": 0, "end": 1}
     assert api.get("/v1/usage", params=usage, headers=owner.headers).status_code == 200
 
