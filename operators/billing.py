@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from operators.invoices import Invoice, period_key
-from operators.pricing import to_cents
+from operators.pricing import exact_arithmetic, to_cents
 
 CURRENCY = "usd"
 DAYS_UNTIL_DUE = 30
@@ -99,6 +99,7 @@ def resolve(payload: Mapping[str, Any], refs: Mapping[str, str]) -> dict[str, An
     return {k: refs.get(v, v) if isinstance(v, str) else v for k, v in payload.items()}
 
 
+@exact_arithmetic
 def cents(amount: Decimal) -> int:
     """Dollars to whole cents, rounded half-up (a no-op for subtotals, which are rounded already)."""
     return int(to_cents(amount) * 100)

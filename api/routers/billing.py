@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from api.billing import BillingRun, run_billing
 from api.deps import ApiKeyDep, ClientsDep
 from api.routers.invoices import InvoiceOut, PeriodRequest, validated_period
+from api.schemas import ExactJSONResponse
 
 router = APIRouter(prefix="/v1/billing", tags=["billing"])
 
@@ -71,7 +72,7 @@ def billing_out(run: BillingRun) -> BillingRunOut:
     )
 
 
-@router.post("/run", response_model=BillingRunOut)
+@router.post("/run", response_model=BillingRunOut, response_class=ExactJSONResponse)
 def run(body: PeriodRequest, key: ApiKeyDep, clients: ClientsDep) -> BillingRunOut:
     """Bill the period's invoice through Stripe: the planned operations (dry
     run, without STRIPE_API_KEY) or the same operations sent (live). Running
