@@ -32,7 +32,9 @@ AGGREGATES: dict[Aggregation, str] = {
     Aggregation.COUNT: "count()",
     Aggregation.SUM: f"sum({_NUMBER})",
     Aggregation.MAX: f"max({_NUMBER})",
-    Aggregation.AVG: f"avg({_NUMBER})",
+    # avg() of decimals answers a Float64: the mean is the exact sum over the
+    # count instead, cut toward zero to the quantity scale.
+    Aggregation.AVG: f"sum({_NUMBER}) / nullIf(count({_NUMBER}), 0)",
     Aggregation.UNIQUE_COUNT: "uniqExact(properties[{prop:String}])",
     Aggregation.LATEST: f"argMax({_NUMBER}, timestamp)",
 }

@@ -12,6 +12,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from api.usage import query_usage
+from operators.metrics import Aggregation, Metric
 from tests.integration.conftest import make_event, now_ms, stored_count, wait_for
 from tests.integration.test_pipeline import read_topic
 
@@ -138,3 +140,27 @@ def test_hostile_values_produced_straight_to_kafka_are_dead_lettered(api, clickh
     assert "larger than" in huge["reason"]
     wait_for(lambda: stored_count(clickhouse, settings, customer.customer_id) == 1, what="the good row")
     assert exact(usage_body(api, customer, "bandwidth", t - HOUR, t + HOUR))["value"] == 7
+
+
+def test_every_numeric_aggregation_answers_an_exact_decimal(api, clickhouse, settings, customer):
+    """AVG, MAX and LATEST of the same quantities, straight through query_usage:
+    ClickHouse's own avg() of decimals would answer a binary float."""
+    t = now_ms() - HOUR
+    values = ["0.1", "0.2", "0.2", "1234567890.123456789"]
+    events = [
+        make_event(customer.customer_id, event_type="compute", timestamp=t + i, properties={"cpu_ms": v})
+        for i, v in enumerate(values)
+    ]
+    ingest(api, clickhouse, settings, customer, events)
+
+    def value(aggregation: Aggregation) -> Decimal:
+        metric = Metric("m", "M", "compute", aggregation, "ms", "cpu_ms")
+        usage = query_usage(clickhouse, settings.clickhouse_database, metric, customer.customer_id, t - HOUR, t + HOUR)
+        assert isinstance(usage.value, Decimal)
+        return usage.value
+
+    # (0.1 + 0.2 + 0.2 + 1234567890.123456789) / 4 = 308641972.6558641972..., cut to 9 digits
+    assert value(Aggregation.AVG) == Decimal("308641972.655864197")
+    assert value(Aggregation.MAX) == Decimal("1234567890.123456789")
+    assert value(Aggregation.LATEST) == Decimal("1234567890.123456789")
+    assert value(Aggregation.SUM) == Decimal("1234567890.623456789")
