@@ -17,7 +17,7 @@ from minio import Minio
 
 from api import keys, metrics
 from api.errors import ServiceUnavailable
-from api.exposure import host_header_is_loopback, is_loopback
+from api.exposure import PROXY_HEADERS, host_header_is_loopback, is_loopback
 from api.ratelimit import RateLimiter
 from meterflow.clients import clickhouse_client, kafka_producer, redis_client, s3_client
 from meterflow.settings import Settings
@@ -161,9 +161,10 @@ def require_admin(
 
     Without a token the API refuses to start unless it listens on loopback
     (api.exposure.check_admin_exposure); here each request must also have
-    arrived on a loopback address and name loopback in its Host header, so
-    neither a server started some other way nor a browser page using DNS
-    rebinding gets in.
+    arrived on a loopback address, name loopback in its Host header and
+    carry no proxy's forwarding header, so neither a server started some other
+    way, nor a browser page using DNS rebinding, nor a reverse proxy on the
+    same machine (which connects over loopback) lets anyone else in.
     """
     client = request.client.host if request.client else "unknown"
     with store("rate limit store"):
@@ -176,6 +177,13 @@ def require_admin(
     server = request.scope.get("server") or ("", None)
     if not is_loopback(str(server[0])):
         raise HTTPException(403, "ADMIN_TOKEN is not set: admin routes answer only connections to a loopback address")
+    forwarded = [name for name in PROXY_HEADERS if name in request.headers]
+    if forwarded:
+        raise HTTPException(
+            403,
+            f"ADMIN_TOKEN is not set: admin routes answer no request passed on by a proxy ({forwarded[0]}); "
+            "set ADMIN_TOKEN to serve them behind one",
+        )
     host = request.headers.get("host")
     if not host_header_is_loopback(host):
         raise HTTPException(

@@ -43,6 +43,11 @@ def host_header_is_loopback(value: str | None) -> bool:
     return (rest == "" or (rest[:1] == ":" and rest[1:].isdigit())) and is_loopback(host)
 
 
+# Headers a reverse proxy adds: a request carrying one came from elsewhere,
+# even though the proxy connected over loopback and may name loopback in Host.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
 class AdminExposed(Exception):
     """The API would serve open admin routes beyond this machine."""
 

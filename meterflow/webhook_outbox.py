@@ -272,9 +272,10 @@ def set_operator_endpoint(client: redis.Redis, url: str, secret: str) -> Endpoin
 
 
 def _json_default(value: Any) -> Any:
-    """Money is Decimal everywhere: written as an exact JSON number."""
+    """Money is Decimal everywhere: written as an exact JSON number in plain
+    notation, as the API writes it (api.schemas.exact_json)."""
     if isinstance(value, Decimal) and value.is_finite():
-        return orjson.Fragment(str(value))
+        return orjson.Fragment(format(value, "f"))
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

@@ -91,6 +91,12 @@ def test_exact_json_writes_python_mode_decimals_and_big_integers_exactly():
     assert exact_json(content) == b'{"a":5,"b":-0.000000001,"c":1180591620717411303424,"d":[100]}'
 
 
+def test_webhooks_and_the_api_write_the_same_decimal_the_same_way():
+    for value in (Decimal("1E+2"), Decimal("1E-7"), Decimal("-0.000000001"), Decimal("12.50")):
+        webhook = envelope("evt", "t", "c", {"v": value}, 0)
+        assert exact_json({"v": value}) in webhook
+
+
 def _huge_invoice() -> Invoice:
     usage = {"bandwidth": Decimal(2 * (2**63 - 1)), "storage_peak": Decimal("1234567890.123456789")}
     return build_invoice(

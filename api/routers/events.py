@@ -10,8 +10,20 @@ from pydantic import BaseModel, Field
 from api import metrics
 from api.deps import ApiKeyDep, ClientsDep
 from api.ingest import ingest_events
+from operators.metrics import DEFAULT_METERED, QUANTITY_MAX, QUANTITY_SCALE
 
 router = APIRouter(prefix="/v1", tags=["events"])
+
+
+_METERED_NAMES = ", ".join(
+    f"{prop} of {event_type}" for event_type, props in DEFAULT_METERED.items() for prop, _ in props
+)
+METERED_DESCRIPTION = (
+    "Metered properties (the value property of a SUM, MAX, AVG or LATEST metric of the event's type: "
+    f"{_METERED_NAMES}) are quantities: a number or a plain decimal string, at most {QUANTITY_SCALE} "
+    f"digits after the point, at most {QUANTITY_MAX}, not negative unless the metric allows credits. "
+    "See docs/api.md, Quantities."
+)
 
 
 class EventBatch(BaseModel):
@@ -33,12 +45,7 @@ class EventBatch(BaseModel):
                     "properties": {
                         "type": "object",
                         "additionalProperties": {"type": ["string", "number", "boolean"]},
-                        "description": (
-                            "Metered properties (the value property of a SUM, MAX, AVG or LATEST metric of "
-                            "the event's type: bytes, gb_stored, cpu_ms by default) are quantities: a number "
-                            "or a plain decimal string, at most 9 digits after the point, at most "
-                            "9223372036854775807, not negative. See docs/api.md, Quantities."
-                        ),
+                        "description": METERED_DESCRIPTION,
                     },
                 },
             }

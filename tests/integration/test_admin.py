@@ -59,6 +59,22 @@ def test_without_a_token_other_host_names_are_refused_as_dns_rebinding_would_sen
     assert not redis.exists(f"apikeys:{customer_id}")
 
 
+@pytest.mark.parametrize(
+    "header", ["X-Forwarded-For", "Forwarded", "X-Forwarded-Host", "X-Real-IP"]
+)
+def test_without_a_token_a_request_passed_on_by_a_reverse_proxy_is_refused(api, settings, header, redis):
+    """nginx on the same machine connects over loopback and by default sends
+    `Host: 127.0.0.1:<port>`: only its forwarding header tells that the
+    request came from elsewhere."""
+    customer_id = new_id()
+    value = "for=203.0.113.9" if header == "Forwarded" else "203.0.113.9"
+    response = mint(api, customer_id, headers={header: value})
+    assert response.status_code == 403, response.text
+    assert "proxy" in response.json()["error"]
+    assert not redis.exists(f"apikeys:{customer_id}")
+    assert mint(api, new_id()).status_code == 201  # the same request without the header
+
+
 def test_without_a_token_a_connection_to_a_non_loopback_address_is_refused(settings):
     """An app served on a public address some other way than api.serve
     (say `uvicorn --factory --host 0.0.0.0`) still opens no admin route to
