@@ -13,7 +13,7 @@
 
 NAMEs: redis, kafka, clickhouse, s3, dataflow, webhooks, api, and billing
 with BILLING_SCHEDULER=true. Exit status is 0 when what was asked for is
-healthy (up, status) or stopped (down).
+healthy (up, status; for status also not stalled) or stopped (down).
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "down":
         return 0 if not any(statuses[name].running for name in shown) else 1
-    return 0 if all(statuses[name].healthy for name in shown) else 1
+    if args.command == "up":  # started and alive; a stall shows in its line, not as a failed `up`
+        return 0 if all(statuses[name].healthy for name in shown) else 1
+    return 0 if all(statuses[name].healthy and statuses[name].ready for name in shown) else 1
 
 
 def replay_main(argv: list[str]) -> int:

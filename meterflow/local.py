@@ -47,16 +47,18 @@ def dataflow_line(url: str) -> str:
 
 def add_dataflow(stack: Stack, name: str, settings: Settings) -> None:
     """Register a dataflow process configured by `settings`: healthy once its
-    /health/ready answers, unhealthy while it is stalled (503), and `status`
-    shows its lag and last progress. Without a metrics port, alive = healthy."""
+    /health answers (alive), so a stalled dataflow neither fails `up` nor
+    makes it stop what it started; `status` also asks /health/ready (503
+    while stalled: UNHEALTHY, exit status 1) and shows its lag and last
+    progress. Without a metrics port, alive = healthy."""
     env = {**os.environ, **settings.as_env()}
     if not settings.flow_metrics_port:
         stack.add_process(name, DATAFLOW_ARGV, env=env)
         return
     url = f"http://{settings.flow_metrics_host}:{settings.flow_metrics_port}"
     stack.add_process(
-        name, DATAFLOW_ARGV, env=env, health=http_ok(f"{url}/health/ready"), port=settings.flow_metrics_port,
-        describe=lambda: dataflow_line(f"{url}/health"),
+        name, DATAFLOW_ARGV, env=env, health=http_ok(f"{url}/health"), port=settings.flow_metrics_port,
+        ready=http_ok(f"{url}/health/ready"), describe=lambda: dataflow_line(f"{url}/health"),
     )  # fmt: skip
 
 

@@ -87,6 +87,11 @@ class ProcessSpec:
     #: One line about a running process's own state for `status` (e.g. the
     #: dataflow's lag and last progress); an exception means "nothing to say".
     describe: Callable[[], str] | None = None
+    #: Whether a healthy process also does its work (the dataflow: not
+    #: stalled); only `status` asks. Starting waits for `health` alone, so a
+    #: live but stalled dataflow neither fails `up` nor makes it stop what it
+    #: started. None: healthy is enough. An exception means "not ready".
+    ready: HealthCheck | None = None
 
     @property
     def bound_ports(self) -> tuple[int, ...]:
@@ -166,6 +171,18 @@ class ManagedProcess:
             if self.spec.port is not None:
                 return port_accepts(self.spec.port)
             return self.pid() is not None
+        except Exception as exc:
+            self.last_health_error = f"{type(exc).__name__}: {exc}"
+            return False
+
+    def is_ready(self) -> bool:
+        """Run the readiness check once (True without one); an exception means
+        "not ready" and is kept in `last_health_error`."""
+        check = self.spec.ready
+        if check is None:
+            return True
+        try:
+            return bool(check())
         except Exception as exc:
             self.last_health_error = f"{type(exc).__name__}: {exc}"
             return False

@@ -27,11 +27,12 @@ class ServiceStatus:
     healthy: bool  # its health check passed just now
     log_file: Path
     detail: str = ""  # e.g. "stale pid file removed", the last health error, the dataflow's lag
+    ready: bool = True  # healthy and its readiness check passed too (the dataflow is not stalled)
 
     def __str__(self) -> str:
         if not self.running:
             state = "stopped"
-        elif self.healthy:
+        elif self.healthy and self.ready:
             state = "healthy"
         else:
             state = "UNHEALTHY"
@@ -80,6 +81,7 @@ class Stack:
         port: int | None = None,
         *,
         describe: Callable[[], str] | None = None,
+        ready: HealthCheck | None = None,
         cwd: Path | None = None,
         start_timeout_s: float | None = None,
         stop_timeout_s: float = 15.0,
@@ -88,8 +90,9 @@ class Stack:
 
         `env` is layered over os.environ. `health` returns True once the
         process serves (exceptions count as "not yet"); without it, an open
-        `port` or merely being alive counts as healthy. `describe` gives
-        `status` one line about the running process. `cwd` defaults to the
+        `port` or merely being alive counts as healthy. `ready` is asked by
+        `status` only, never while starting (see ProcessSpec.ready).
+        `describe` gives `status` one line about the running process. `cwd` defaults to the
         current directory (so `-m package.module` resolves as in a shell).
         Nothing starts until `start()` or `start_service(name)`.
         """
@@ -106,6 +109,7 @@ class Stack:
             port=port,
             health=health,
             describe=describe,
+            ready=ready,
             start_timeout_s=start_timeout_s or self.config.start_timeout_s,
             stop_timeout_s=stop_timeout_s,
         )
@@ -227,17 +231,19 @@ class Stack:
     def status(self) -> dict[str, ServiceStatus]:
         """name -> ServiceStatus for every registered or discovered process.
 
-        Runs each running process's health check once (about a millisecond
-        each when healthy, up to ~2 s when one hangs).
+        Runs each running process's health check once, then its readiness
+        check if it is healthy (about a millisecond each when healthy, up to
+        ~2 s when one hangs).
         """
         result: dict[str, ServiceStatus] = {}
         for name, proc in self._all_procs().items():
             pid = proc.pid()
             detail = ""
-            healthy = False
+            healthy = ready = False
             if pid is not None:
                 healthy = proc.healthy()
-                if not healthy and proc.last_health_error:
+                ready = healthy and proc.is_ready()
+                if not ready and proc.last_health_error:
                     detail = proc.last_health_error
                 detail = _described(proc) or detail
             elif proc.recorded_pid() is not None:
@@ -250,13 +256,14 @@ class Stack:
                 healthy=healthy,
                 log_file=proc.log_file,
                 detail=detail,
+                ready=ready,
             )
         return result
 
     def healthy(self) -> bool:
-        """True when every registered process runs and passes its health check."""
+        """True when every registered process runs and passes its health and readiness checks."""
         statuses = self.status()
-        return all(statuses[name].healthy for name in self._procs)
+        return all(statuses[name].healthy and statuses[name].ready for name in self._procs)
 
     # -- context manager (tests) --------------------------------------------
 
