@@ -146,11 +146,11 @@ class FakeWatermarks:
         return self.answers[tp.partition]
 
 
-class DownRedis:
-    """Every command fails as when Redis is unreachable."""
+def down_redis() -> redis.Redis:
+    """A real client of a port nobody listens on: every command fails."""
+    from meterflow.stack import free_port
 
-    def pipeline(self, transaction: bool = True):
-        raise redis.ConnectionError("Connection refused")
+    return redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
 
 
 def test_the_watchdog_logs_a_stall_at_error_level_sets_the_gauges_and_survives_redis_down(clock):
@@ -158,7 +158,7 @@ def test_the_watchdog_logs_a_stall_at_error_level_sets_the_gauges_and_survives_r
     progress = metrics.Progress(STALL_AFTER_S, clock=clock, wall=clock)
     progress.assigned(topic, 0, 0)
     progress.assigned(topic, 1, 0)
-    watchdog = metrics.Watchdog(Settings(topic_events=topic), progress, DownRedis())
+    watchdog = metrics.Watchdog(Settings(topic_events=topic), progress, down_redis())
     watchdog._consumer = FakeWatermarks({0: (0, 7)})  # partition 1: the broker does not answer
     with structlog.testing.capture_logs() as logs:
         watchdog.check()
@@ -188,15 +188,15 @@ def test_the_watchdog_logs_a_stall_at_error_level_sets_the_gauges_and_survives_r
 def test_the_watchdog_checks_several_times_per_stall_period_and_its_heartbeat_outlives_a_check():
     assert metrics.check_interval_s(60) == 5.0
     assert metrics.check_interval_s(3) == 0.5
-    watchdog = metrics.Watchdog(Settings(), metrics.Progress(3), DownRedis())
+    watchdog = metrics.Watchdog(Settings(), metrics.Progress(3), down_redis())
     assert watchdog.heartbeat_ttl_s >= 3 * watchdog.interval_s
 
 
 def test_a_heartbeat_reads_back_as_written():
     beat = Heartbeat("host:12", stalled=True, lag=411_000, last_progress_ms=1_700_000_000_000, updated_ms=3)
-    assert Heartbeat.from_hash("host:12", beat.as_hash()) == beat
+    assert Heartbeat.from_json("host:12", beat.as_json(expires_ms=9)) == (beat, 9)
     unknown = Heartbeat("host:12", stalled=False, lag=None, last_progress_ms=1, updated_ms=2)
-    assert Heartbeat.from_hash("host:12", unknown.as_hash()) == unknown
+    assert Heartbeat.from_json("host:12", unknown.as_json(expires_ms=4)) == (unknown, 4)
 
 
 @pytest.fixture

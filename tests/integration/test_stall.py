@@ -204,7 +204,7 @@ def start_flow(stack: Stack, settings: Settings, slow_broker: SlowBroker, tmp_pa
     yield start
     for name, topic, pid in started:
         stack.stop_service(name)
-        redis.delete(flow_progress.key(topic, f"{socket.gethostname()}:{pid}"))
+        redis.hdel(flow_progress.key(topic), f"{socket.gethostname()}:{pid}")
 
 
 def test_the_old_fetch_wait_stalls_on_a_slow_broker_and_the_stall_is_reported_everywhere(
@@ -227,8 +227,9 @@ def test_the_old_fetch_wait_stalls_on_a_slow_broker_and_the_stall_is_reported_ev
     assert flow.metric("meterflow_flow_stalled", partition) == 1
     assert flow.metric("meterflow_flow_consumer_lag", partition) >= 1
     assert stored_count(clickhouse, settings, customer_id, final=False) == 0  # it really stopped
-    assert stack.status()[flow.name].detail.startswith("STALLED: lag ")  # what meterflow status shows
-    assert not stack.status()[flow.name].healthy
+    status = stack.status()[flow.name]
+    assert status.detail.startswith("STALLED: lag ")  # what meterflow status shows
+    assert status.healthy and not status.ready  # alive (`up` is content), stalled (`status` exits 1)
     errors = wait_for(
         lambda: [e for e in flow.log_events() if e.get("event") == "dataflow_stalled"], what="the error line"
     )
@@ -269,13 +270,21 @@ def test_the_default_fetch_wait_keeps_moving_through_the_same_slow_broker(
     assert stack.status()[flow.name].detail.startswith("lag 0, last progress ")
 
 
-def test_the_api_reads_every_dataflow_process_heartbeat_and_a_silent_one_is_down(redis, settings):
+def scans(redis) -> int:
+    """SCAN and KEYS commands the session's Redis has served so far, from any client."""
+    stats = redis.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("scan", "keys"))
+
+
+def test_the_api_reads_every_dataflow_process_heartbeat_from_one_key_and_a_silent_one_is_down(redis, settings, api):
     """`dataflow` in the API's /health, from the heartbeats in the session's
-    Redis, for a topic no running dataflow reads."""
+    Redis, for a topic no running dataflow reads. Neither reading them nor
+    the API's /health walks the keyspace (it holds a dedup key per event)."""
     from api.routers.health import _dataflow_state
 
     topic = f"events.beats-{uuid.uuid4().hex[:8]}"
     clients = SimpleNamespace(redis=redis, settings=dataclasses.replace(settings, topic_events=topic))
+    scanned = scans(redis)
     assert _dataflow_state(clients) == "down"  # no dataflow process at all
 
     def beat(process: str, stalled: bool) -> Heartbeat:
@@ -285,7 +294,33 @@ def test_the_api_reads_every_dataflow_process_heartbeat_and_a_silent_one_is_down
     assert _dataflow_state(clients) == "ok"
     flow_progress.publish(redis, topic, beat("host-b:2", stalled=True), ttl_s=1)  # one of two processes
     assert _dataflow_state(clients) == "stalled"
-    assert {b.process for b in flow_progress.read_all(redis, topic)} == {"host-a:1", "host-b:2"}
+    assert [b.process for b in flow_progress.read_all(redis, topic)] == ["host-a:1", "host-b:2"]
+    assert redis.pttl(flow_progress.key(topic)) > 1000  # the shorter TTL did not shorten the hash's
     wait_for(lambda: _dataflow_state(clients) == "ok", what="the silent process's heartbeat to expire")
-    redis.delete(flow_progress.key(topic, "host-a:1"))
+    assert redis.hkeys(flow_progress.key(topic)) == [b"host-a:1"]  # the expired beat is removed, not only ignored
+    redis.hset(flow_progress.key(topic), "host-c:3", "not a heartbeat")
+    assert _dataflow_state(clients) == "ok"  # an unreadable beat is no beat
+    assert redis.hkeys(flow_progress.key(topic)) == [b"host-a:1"]
+    redis.hdel(flow_progress.key(topic), "host-a:1")
     assert _dataflow_state(clients) == "down"
+    assert api.get("/health").status_code == 200  # the session's API reads its topic's heartbeats
+    assert scans(redis) == scanned
+
+
+def test_a_reader_never_removes_a_beat_rewritten_after_it_expired(redis):
+    """A process that was silent past its TTL and writes again between the
+    reader's read and its clean-up keeps its new beat."""
+    topic = f"events.beats-{uuid.uuid4().hex[:8]}"
+    name = flow_progress.key(topic)
+    late = Heartbeat("host-a:1", stalled=False, lag=0, last_progress_ms=1, updated_ms=2)
+    redis.hset(name, late.process, late.as_json(expires_ms=1))  # expired long ago
+    reader = type(redis)(connection_pool=redis.connection_pool)
+    clean_up = reader.eval
+
+    def rewrite_then_clean_up(*args):  # the process's next beat lands just before the clean-up
+        flow_progress.publish(redis, topic, dataclasses.replace(late, updated_ms=3), ttl_s=30)
+        return clean_up(*args)
+
+    reader.eval = rewrite_then_clean_up
+    assert flow_progress.read_all(reader, topic) == []  # what it read had expired
+    assert [b.updated_ms for b in flow_progress.read_all(redis, topic)] == [3]
