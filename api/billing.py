@@ -30,7 +30,13 @@ Two more guards keep usage from being billed twice:
   Stripe the period is claimed in `billing:periods:<customer_id>` (a zset of
   `<start>:<end>` by start, claimed atomically in Lua); a period overlapping
   a claimed one is refused (`PeriodOverlap`, 409) naming the invoice that
-  covers it, while the exact same period stays an idempotent replay.
+  covers it, while the exact same period stays an idempotent replay. A
+  customer's first claim seeds the set, once (`billing:periods_seeded`),
+  with the periods billed before claims existed: the stored invoices and
+  the live progress records.
+- A live run through the API (`invoice` None) bills only a whole UTC
+  calendar month, the periods the billing job closes (`NotAMonth`, 409):
+  a shorter claim would keep the job from billing the rest of its month.
 - With no record (never billed, or the record was lost), Stripe is asked
   first: an invoice whose metadata carries this MeterFlow invoice id is
   adopted and resumed instead of creating another one.
@@ -61,6 +67,7 @@ from redis.exceptions import LockError
 
 from api.deps import Clients
 from api.errors import Conflict, ServiceUnavailable, UpstreamRefused
+from api.invoice_store import InvoiceStore
 from api.invoicing import calculate_invoice
 from api.routers.invoices import invoice_out
 from api.schemas import exact_json
@@ -78,6 +85,7 @@ from operators.billing import (
     StripeOperation,
     billing_key,
     customer_key,
+    ensure_within_stripe_limits,
     parse_customer_map,
     plan_billing,
     resolve,
@@ -90,6 +98,8 @@ log = structlog.get_logger(__name__)
 CUSTOMERS_HASH = "stripe:customers"  # MeterFlow customer_id -> Stripe customer id
 RECORD_PREFIX = "billing:"
 CLAIMS_PREFIX = "billing:periods:"  # + customer_id: zset "<start>:<end>" by start
+CLAIMS_SEEDED = "billing:periods_seeded"  # set of customers whose claims were seeded from earlier bills
+RECORD_PATTERN = RECORD_PREFIX + "mf_bill_*"  # progress records (and their locks, which have one more ':')
 ATTEMPTS_HASH = "billing:key_attempts"  # idempotency key -> attempts Stripe answered with a 5xx
 # Stripe statuses after which nothing is sent any more (send only works on an open invoice)
 SETTLED = ("paid", "void", "uncollectible")
@@ -102,10 +112,18 @@ TRANSIENT = (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError)
 
 T = TypeVar("T")
 
-# KEYS[1] the customer's claims; ARGV start, end. Returns the claimed
+# KEYS[1] the customer's claims, KEYS[2] the seeded customers; ARGV start,
+# end, customer id, then "<start>:<end>" of the periods billed before claims
+# existed, added only by the customer's first claim. Returns the claimed
 # "<start>:<end>" that overlaps the period (the same period does not), or
 # claims the period and returns nil.
 _CLAIM = """
+if redis.call('SADD', KEYS[2], ARGV[3]) == 1 then
+  for i = 4, #ARGV do
+    local ms = string.match(ARGV[i], '^(%d+):%d+$')
+    redis.call('ZADD', KEYS[1], ms, ARGV[i])
+  end
+end
 local s, e = tonumber(ARGV[1]), tonumber(ARGV[2])
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do
   local ms, me = string.match(member, '^(%d+):(%d+)$')
@@ -134,6 +152,19 @@ class PeriodOverlap(Conflict):
             f"{customer_id}'s period {iso_utc(start_ms)}..{iso_utc(end_ms)} overlaps "
             f"{iso_utc(covering[0])}..{iso_utc(covering[1])}, billed as invoice {self.covering_invoice_id}: "
             "a customer's billed periods never overlap (bill exactly that period to replay it)"
+        )
+
+
+class NotAMonth(Conflict):
+    """A live API run of anything but a whole UTC calendar month: its claim
+    would overlap the month the billing job closes, leaving that unbilled."""
+
+    def __init__(self, period: BillingPeriod) -> None:
+        super().__init__(
+            f"period {period.name} is not a whole calendar month: live billing closes whole UTC calendar "
+            "months only (`meterflow billing run --period YYYY-MM`, or this API with the month's start, "
+            "its first millisecond, and end, its last millisecond, inclusive); "
+            "dry runs (no STRIPE_API_KEY) of any range remain available"
         )
 
 
@@ -188,11 +219,35 @@ def ensure_closed(clients: Clients, period: BillingPeriod, now_ms: int) -> None:
 
 def claim_period(client: redis.Redis, customer_id: str, start_ms: int, end_ms: int) -> None:
     """Claim the period for billing, or raise PeriodOverlap if it overlaps a
-    period the customer already claimed (the same period again is fine)."""
-    found = client.eval(_CLAIM, 1, CLAIMS_PREFIX + customer_id, start_ms, end_ms)
+    period the customer already claimed (the same period again is fine).
+    Periods billed before claims existed count as claimed: the customer's
+    first claim seeds them (`_billed_before`), atomically with the claim."""
+    seeds = [] if client.sismember(CLAIMS_SEEDED, customer_id) else _billed_before(client, customer_id)
+    found = client.eval(
+        _CLAIM, 2, CLAIMS_PREFIX + customer_id, CLAIMS_SEEDED, start_ms, end_ms, customer_id, *sorted(seeds)
+    )
     if found:
         covering_start, covering_end = (int(v) for v in found.decode().split(":"))
         raise PeriodOverlap(customer_id, start_ms, end_ms, (covering_start, covering_end))
+
+
+def _billed_before(client: redis.Redis, customer_id: str) -> set[str]:
+    """"<start>:<end>" of every period the customer was billed for by what
+    predates the claims: the stored invoices and the live progress records
+    (whose key hides the customer, so every record's invoice is read; this
+    happens once per customer)."""
+    periods = {f"{s.invoice.period_start}:{s.invoice.period_end}" for s in InvoiceStore(client).of_customer(customer_id)}
+    keys = [k for k in client.scan_iter(match=RECORD_PATTERN, count=1000) if k.count(b":") == 1]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, "invoice")
+        invoices = pipe.execute()
+    for raw in invoices:
+        if raw:
+            invoice = json.loads(raw)
+            if invoice["customer_id"] == customer_id:
+                periods.add(f"{invoice['period']['start']}:{invoice['period']['end']}")
+    return periods
 
 
 def _release_claim(client: redis.Redis, customer_id: str, start_ms: int, end_ms: int) -> None:
@@ -417,7 +472,10 @@ def _adopt(
 
 def _live_run(clients: Clients, customer_id: str, start_ms: int, end_ms: int, invoice: Invoice | None) -> BillingRun:
     if invoice is None:  # usage as computed now (the billing job checked the grace against its own clock)
-        ensure_closed(clients, BillingPeriod(start_ms, end_ms), int(time.time() * 1000))
+        period = BillingPeriod(start_ms, end_ms)
+        if not period.is_calendar_month:
+            raise NotAMonth(period)
+        ensure_closed(clients, period, int(time.time() * 1000))
     run_key = billing_key(customer_id, start_ms, end_ms)
     lock = clients.redis.lock(f"{RECORD_PREFIX}{run_key}:lock", timeout=LOCK_TIMEOUT_S, blocking=False)
     if not lock.acquire():
@@ -444,9 +502,11 @@ def _run_locked(
         _reconcile(client, progress, plan)
         log.info("billing_run_resumed", run_key=run_key)
         return _carry_out(clients, client, progress, plan)
+    from_api = invoice is None
     invoice = invoice or calculate_invoice(clients, customer_id, start_ms, end_ms)
     if not invoice.lines:
         return BillingRun(_render(invoice), "live", plan_billing(invoice, CUSTOMER_REF), None, None, "no_usage")
+    ensure_within_stripe_limits(invoice)  # before anything is claimed or sent
     claim_period(clients.redis, customer_id, start_ms, end_ms)
     invoice_json = exact_json(_render(invoice)).decode()
     try:
@@ -457,7 +517,10 @@ def _run_locked(
             plan = plan_billing(invoice, _ensure_customer(clients, client, customer_id))
         return _carry_out(clients, client, progress, plan, invoice_json)
     except StripeRefused:
-        if not progress.fields:  # refused before any Stripe invoice exists: nothing is billed
+        # Refused before any Stripe invoice exists, nothing is billed: an API
+        # run gives its claim back, unless the billing job stored an invoice
+        # of the period (its draft claimed it, and keeps it).
+        if from_api and not progress.fields and InvoiceStore(clients.redis).get(invoice.invoice_id) is None:
             _release_claim(clients.redis, customer_id, start_ms, end_ms)
         raise
 

@@ -54,6 +54,7 @@ from api.routers.invoices import invoice_out
 from api.usage import run_query
 from meterflow.webhook_outbox import publish
 from operators.adjustments import Adjustment, adjustment_lines, late_usage_adjustments
+from operators.billing import ensure_within_stripe_limits
 from operators.events import MAX_AGE_MS
 from operators.invoice_pdf import render_invoice_pdf
 from operators.invoices import Invoice, invoice_id_for
@@ -249,6 +250,7 @@ class BillingJob:
                     self.clients, customer_id, period.start_ms, period.end_ms, adjustment_lines(carried, catalog_by_code())
                 )  # fmt: skip
                 if invoice.lines:
+                    ensure_within_stripe_limits(invoice)  # as _draft does
                     result.status, result.total, result.done = "new", invoice.subtotal, list(_ALL_STEPS)
                 return result
             result.status, result.total = stored.status, stored.invoice.subtotal
@@ -270,6 +272,8 @@ class BillingJob:
             )
             if not invoice.lines:
                 return None
+            # An invoice Stripe cannot take is neither stored nor claimed: nothing could bill it.
+            ensure_within_stripe_limits(invoice)
             claim_period(self.clients.redis, customer_id, period.start_ms, period.end_ms)
             if self.store.create_draft(invoice, carried):
                 stored = self.store.load(invoice.invoice_id)
@@ -349,13 +353,19 @@ def run_scheduler(
 
     Every `interval_s` the scheduler runs the job for the month before now
     (`clock()`, Unix seconds) once its grace has ended; a month already
-    closed costs one pass over stored invoices and changes nothing, so no
-    state is needed here. Without a Stripe key (or with `dry_run`) every pass
-    is a dry run, as for `meterflow billing run`: it logs what it would do."""
+    closed costs one pass over stored invoices and changes nothing. Without a
+    Stripe key (or with `dry_run`) the job is a dry run, as for `meterflow
+    billing run`: it logs what it would do once per month (a full dry job
+    every interval would only repeat it), remembered in this process; a
+    failed preview is tried again."""
     job = BillingJob(clients, dry_run)
+    previewed: BillingPeriod | None = None
     while not stop.is_set():
         now_ms = int(clock() * 1000)
         period = BillingPeriod.month_before(now_ms)
+        if job.dry_run and period == previewed:
+            stop.wait(interval_s)
+            continue
         try:
             report = job.run(period, now_ms)
             if report.dry_run:
@@ -363,6 +373,8 @@ def run_scheduler(
                     "billing_job_dry_run", period=period.label,
                     would_bill=[c.customer_id for c in report.customers if c.done and not c.error],
                 )  # fmt: skip
+                if report.ok:
+                    previewed = period
             if not report.ok:
                 log.warning(
                     "billing_job_incomplete", period=period.label, failed=[c.customer_id for c in report.failed],

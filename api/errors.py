@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from operators.billing import StripeAmountLimit
+
 log = structlog.get_logger(__name__)
 
 
@@ -149,6 +151,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse({"error": exc.reason}, status_code=409)
+
+    @app.exception_handler(StripeAmountLimit)
+    async def beyond_stripe(_: Request, exc: StripeAmountLimit) -> JSONResponse:
+        return JSONResponse({"error": exc.reason}, status_code=422)
 
     @app.exception_handler(UpstreamRefused)
     async def upstream_refused(_: Request, exc: UpstreamRefused) -> JSONResponse:

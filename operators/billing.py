@@ -28,6 +28,8 @@ from operators.pricing import exact_arithmetic, to_cents
 
 CURRENCY = "usd"
 DAYS_UNTIL_DUE = 30
+# Stripe takes at most this many cents (USD) per invoice item and per invoice.
+STRIPE_MAX_AMOUNT_CENTS = 99_999_999
 
 # Actions, named as in the contract (Stripe's Node SDK spelling).
 CREATE_INVOICE = "stripe.invoices.create"
@@ -45,6 +47,19 @@ STEP_SEND = "send"
 # shows these placeholders, a live run substitutes the real ids.
 CUSTOMER_REF = "{customer.id}"
 INVOICE_REF = "{invoice.id}"
+
+
+class StripeAmountLimit(ValueError):
+    """An invoice line, or the invoice, exceeds what Stripe accepts: sending
+    it would fail halfway (some items created), so nothing is sent."""
+
+    def __init__(self, invoice_id: str, what: str, amount_cents: int) -> None:
+        self.amount_cents = amount_cents
+        self.reason = (
+            f"invoice {invoice_id}: {what} of {amount_cents} cents exceeds Stripe's limit of "
+            f"{STRIPE_MAX_AMOUNT_CENTS} cents per invoice item and per invoice; nothing was sent to Stripe"
+        )
+        super().__init__(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +138,28 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
+def ensure_within_stripe_limits(invoice: Invoice) -> None:
+    """Raise StripeAmountLimit if a line's amount or the invoice's total, in
+    cents, is beyond what Stripe takes (either sign: adjustments may credit)."""
+    total = 0
+    for line in invoice.lines:
+        amount = cents(line.subtotal)
+        if abs(amount) > STRIPE_MAX_AMOUNT_CENTS:
+            raise StripeAmountLimit(invoice.invoice_id, f"line {line.line_key}", amount)
+        total += amount
+    if abs(total) > STRIPE_MAX_AMOUNT_CENTS:
+        raise StripeAmountLimit(invoice.invoice_id, "the total", total)
+
+
 def plan_billing(invoice: Invoice, stripe_customer: str) -> BillingPlan:
     """The ordered Stripe operations that bill `invoice` to `stripe_customer`
     (a Stripe customer id, or `CUSTOMER_REF` while the customer is not created).
 
     An invoice without lines (no usage) gets no operations: there is nothing
     to bill, and an empty Stripe invoice would only confuse the customer.
+    An invoice Stripe would refuse for its size raises StripeAmountLimit.
     """
+    ensure_within_stripe_limits(invoice)
     run_key = billing_key(invoice.customer_id, invoice.period_start, invoice.period_end)
     if not invoice.lines:
         return BillingPlan(run_key, (), total_amount_cents=0, line_items=0)

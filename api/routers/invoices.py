@@ -171,7 +171,8 @@ def _stored_out(clients: ClientsDep, store: InvoiceStore, stored: StoredInvoice)
         total_amount_cents=stored.total_cents,
         pdf_url=pdf_url,
         pdf_key=pdf_key,
-        billing_mode=stored.get("billing_mode"),  # type: ignore[arg-type]
+        # Invoices stored before live-only closing may say "dry_run": not billed, so None.
+        billing_mode="live" if stored.get("billing_mode") == "live" else None,
         stripe_invoice_id=stored.get("stripe_invoice_id"),
         late_adjustments=[
             AdjustmentOut(

@@ -12,14 +12,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Iterator
 
 import httpx
 import pytest
 
+from api.deps import Clients
+from api.billing_job import BillingJob
+from api.invoice_store import InvoiceStore
+from meterflow.settings import Settings
 from operators.billing import billing_key, customer_key
-from tests.integration.conftest import Customer, make_event, now_ms, stored_count, wait_for
+from operators.invoices import build_invoice, invoice_id_for
+from operators.metrics import catalog_by_code
+from operators.periods import BillingPeriod
+from operators.pricing import pricing_by_code
+from tests.integration.conftest import Customer, make_event, new_customer, now_ms, stored_count, wait_for
 from tests.integration.stripe_standin import STRIPE_KEY, StripeStandIn, live_api
+from tests.integration.test_billing_job import insert_usage
 
 HOUR = 3_600_000
 CONFIGURED = "cus_configured"  # STRIPE_CUSTOMER_MAP's Stripe customer in the live API
@@ -43,6 +54,21 @@ def ingest(api, clickhouse, settings):
 
 def period_around(t: int) -> dict[str, int]:
     return {"start": t - HOUR, "end": t + HOUR}
+
+
+def closed_month() -> BillingPeriod:
+    """The last month that ended: closed for the live API (its grace is 0).
+    Live runs bill whole calendar months only, as the billing job does."""
+    return BillingPeriod.month_before(now_ms())
+
+
+def as_body(period: BillingPeriod) -> dict[str, int]:
+    return {"start": period.start_ms, "end": period.end_ms}
+
+
+def late_in(period: BillingPeriod, hours: int = 4) -> int:
+    """A moment `hours` before the period's end (recent enough to be ingested)."""
+    return period.end_ms + 1 - hours * HOUR
 
 
 # -- dry run (the session API has no Stripe key) ---------------------------------
@@ -127,6 +153,7 @@ class Live:
     api: httpx.Client
     stripe: StripeStandIn
     mapped_customer_id: str  # in STRIPE_CUSTOMER_MAP, as CONFIGURED
+    settings: Settings  # the live API's, for a billing job run in this process
 
     def run(self, customer: Customer, period: dict[str, int]) -> tuple[httpx.Response, list]:
         """Run billing; the response and the requests Stripe received meanwhile."""
@@ -145,7 +172,7 @@ def live(stack, settings) -> Iterator[Live]:
         ) as live_settings:
             url = f"http://{live_settings.api_host}:{live_settings.api_port}"
             with httpx.Client(base_url=url, timeout=60) as client:
-                yield Live(client, stand_in, mapped)
+                yield Live(client, stand_in, mapped, live_settings)
 
 
 def usage_events(customer_id: str, t: int) -> list[dict]:
@@ -160,11 +187,12 @@ def posts(requests: list) -> list[tuple[str, int]]:
 
 
 def test_live_run_sends_the_plan_through_the_sdk_retries_a_lost_answer_and_never_bills_twice(
-    live, customer, ingest, redis
+    live, customer, ingest, redis, clickhouse, settings
 ):
-    t = now_ms() - 4 * HOUR
+    month = closed_month()
+    t = late_in(month)
     ingest(customer, usage_events(customer.customer_id, t))
-    period = period_around(t)
+    period = as_body(month)
     key = billing_key(customer.customer_id, period["start"], period["end"])
     # The first item's first answer is lost on the way back (Stripe created the item and saved its answer).
     live.stripe.fail("POST", "/v1/invoiceitems", commit=True)
@@ -230,27 +258,23 @@ def test_live_run_sends_the_plan_through_the_sdk_retries_a_lost_answer_and_never
     assert replay["stripe_operations"]["operations"] == run["stripe_operations"]["operations"]
     assert replay["invoice"] == run["invoice"]  # the invoice as billed, not as it would be now
 
-    # An overlapping period is refused, naming the invoice that covers it; nothing reaches Stripe.
-    overlapping, sent_overlapping = live.run(customer, {"start": period["start"], "end": period["end"] + 1})
-    assert overlapping.status_code == 409, overlapping.text
-    assert run["invoice"]["invoice_id"] in overlapping.json()["error"] and "overlaps" in overlapping.json()["error"]
-    assert sent_overlapping == []
+    # Part of the billed month is refused; nothing reaches Stripe.
     inside, sent_inside = live.run(customer, {"start": period["start"] + 1, "end": period["end"] - 1})
-    assert inside.status_code == 409 and sent_inside == []
+    assert inside.status_code == 409 and "whole calendar month" in inside.json()["error"] and sent_inside == []
 
-    # A period that does not overlap is billed, to the stored Stripe customer.
-    later = now_ms() - HOUR
-    ingest(customer, usage_events(customer.customer_id, later))
-    other, other_period = live.run(customer, period_around(later))
+    # Another month is billed, to the stored Stripe customer (its usage written straight
+    # to ClickHouse: validation only takes events of the last 30 days).
+    before = BillingPeriod.month_before(month.start_ms)
+    insert_usage(clickhouse, settings, customer.customer_id, before.start_ms + HOUR, 1500)
+    other, other_period = live.run(customer, as_body(before))
     assert other.status_code == 200, other.text
     assert posts(other_period)[0] == ("/v1/invoices", 200)
     assert [r.form["customer"] for r in other_period if r.path == "/v1/invoices"] == [cus]
 
 
 def test_a_5xx_stripe_saved_is_retried_under_a_new_key_after_asking_stripe(live, customer, ingest, redis):
-    t = now_ms() - HOUR
-    ingest(customer, usage_events(customer.customer_id, t))
-    period = period_around(t)
+    period = as_body(closed_month())
+    ingest(customer, usage_events(customer.customer_id, late_in(closed_month())))
     key = billing_key(customer.customer_id, period["start"], period["end"])
     # Stripe answers the first item with a 500 and saves it under the key: the same key would replay it.
     live.stripe.fail("POST", "/v1/invoiceitems")
@@ -281,9 +305,8 @@ def test_a_5xx_stripe_saved_is_retried_under_a_new_key_after_asking_stripe(live,
 
 
 def test_a_customer_created_although_every_answer_failed_is_found_not_created_again(live, customer, ingest, redis):
-    t = now_ms() - HOUR
-    ingest(customer, usage_events(customer.customer_id, t))
-    period = period_around(t)
+    period = as_body(closed_month())
+    ingest(customer, usage_events(customer.customer_id, late_in(closed_month())))
     # Stripe creates the customer, but all three answers (1 + 2 SDK retries) are 500s.
     live.stripe.fail("POST", "/v1/customers", times=3, commit=True)
     failed, sent = live.run(customer, period)
@@ -301,9 +324,8 @@ def test_a_customer_created_although_every_answer_failed_is_found_not_created_ag
 
 
 def test_with_the_record_lost_and_the_keys_forgotten_a_rerun_finds_the_stripe_invoice(live, customer, ingest, redis):
-    t = now_ms() - HOUR
-    ingest(customer, usage_events(customer.customer_id, t))
-    period = period_around(t)
+    period = as_body(closed_month())
+    ingest(customer, usage_events(customer.customer_id, late_in(closed_month())))
     key = billing_key(customer.customer_id, period["start"], period["end"])
     first, _ = live.run(customer, period)
     assert first.status_code == 200, first.text
@@ -334,9 +356,8 @@ def test_with_the_record_lost_and_the_keys_forgotten_a_rerun_finds_the_stripe_in
 
 
 def test_an_interrupted_run_resumes_days_later_without_billing_twice(live, customer, ingest, redis):
-    t = now_ms() - HOUR
-    ingest(customer, usage_events(customer.customer_id, t))
-    period = period_around(t)
+    period = as_body(closed_month())
+    ingest(customer, usage_events(customer.customer_id, late_in(closed_month())))
     key = billing_key(customer.customer_id, period["start"], period["end"])
     # Stripe creates the first item but every answer is lost (3 attempts: 1 + 2 SDK retries).
     live.stripe.fail("POST", "/v1/invoiceitems", times=3, commit=True)
@@ -375,9 +396,8 @@ def test_an_interrupted_run_resumes_days_later_without_billing_twice(live, custo
 def test_configured_customer_and_a_concurrent_run(live, api, ingest, redis):
     response = api.post("/v1/admin/keys", json={"customer_id": live.mapped_customer_id, "name": "test"})
     mapped = Customer(live.mapped_customer_id, response.json()["api_key"])
-    t = now_ms() - HOUR
-    ingest(mapped, usage_events(mapped.customer_id, t))
-    period = period_around(t)
+    period = as_body(closed_month())
+    ingest(mapped, usage_events(mapped.customer_id, late_in(closed_month())))
     lock = f"billing:{billing_key(mapped.customer_id, period['start'], period['end'])}:lock"
 
     redis.set(lock, "another-run", px=60_000)
@@ -395,9 +415,8 @@ def test_configured_customer_and_a_concurrent_run(live, api, ingest, redis):
 
 
 def test_a_stripe_refusal_is_502_and_bills_nothing(live, customer, ingest, redis):
-    t = now_ms() - HOUR
-    ingest(customer, usage_events(customer.customer_id, t))
-    period = period_around(t)
+    period = as_body(closed_month())
+    ingest(customer, usage_events(customer.customer_id, late_in(closed_month())))
     key = billing_key(customer.customer_id, period["start"], period["end"])
     live.stripe.fail(
         "POST", "/v1/invoices", status=400, error_type="invalid_request_error", message="No such customer: 'cus_gone'"
@@ -417,14 +436,109 @@ def test_a_stripe_refusal_is_502_and_bills_nothing(live, customer, ingest, redis
 def test_a_live_run_of_a_period_still_open_is_refused(live, customer, ingest, redis):
     t = now_ms() - HOUR
     ingest(customer, usage_events(customer.customer_id, t))
+    today = datetime.now(timezone.utc).date()
+    this_month = BillingPeriod.month(today.year, today.month)
     # Ending in the future, it would claim usage that does not exist yet (and keep the job from billing it).
-    open_period, sent = live.run(customer, {"start": t - HOUR, "end": now_ms() + HOUR})
+    open_period, sent = live.run(customer, as_body(this_month))
     assert open_period.status_code == 409 and "closes at" in open_period.json()["error"], open_period.text
     assert sent == [] and not redis.exists(f"billing:periods:{customer.customer_id}")
 
 
+def test_a_live_run_of_less_than_a_month_is_refused_and_a_dry_run_of_it_is_not(live, api, customer, ingest, redis):
+    month = closed_month()
+    t = late_in(month)
+    ingest(customer, usage_events(customer.customer_id, t))
+    last_day = {"start": month.end_ms + 1 - 24 * HOUR, "end": month.end_ms}
+    # A closed day of the month: its claim would make the job's claim of the month overlap, forever.
+    for period in (last_day, {"start": month.start_ms, "end": month.end_ms - 1}, period_around(t)):
+        refused, sent = live.run(customer, period)
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert "whole calendar month" in error and "--period YYYY-MM" in error and "dry runs" in error
+        assert sent == [] and not redis.exists(f"billing:periods:{customer.customer_id}")
+    dry = api.post("/v1/billing/run", json={"customer_id": customer.customer_id, **last_day}, headers=customer.headers)
+    assert dry.status_code == 200 and dry.json()["stripe_operations"]["summary"]["status"] == "dry_run", dry.text
+
+
+def test_an_api_run_of_a_month_then_the_job_of_that_month_bill_stripe_once(live, customer, ingest, redis):
+    month = closed_month()
+    ingest(customer, usage_events(customer.customer_id, late_in(month)))
+    billed, _ = live.run(customer, as_body(month))
+    assert billed.status_code == 200, billed.text
+    stripe_invoice_id = billed.json()["stripe_operations"]["summary"]["stripe_invoice_id"]
+
+    clients = Clients.connect(live.settings)
+    try:
+        mark = len(live.stripe.requests)
+        report = BillingJob(clients).run(month, customers={customer.customer_id})
+    finally:
+        clients.close()
+    assert report.ok, report.customers
+    (closed,) = report.customers
+    assert (closed.status, closed.error) == ("sent", None)
+    assert posts(live.stripe.requests[mark:]) == []  # the job replayed the API's record
+    invoices = [o for o in live.stripe.objects.values()
+                if o["object"] == "invoice" and o["metadata"].get("meterflow_customer_id") == customer.customer_id]  # fmt: skip
+    assert [o["id"] for o in invoices] == [stripe_invoice_id]
+    assert InvoiceStore(redis).load(closed.invoice_id).get("stripe_invoice_id") == stripe_invoice_id
+
+
+def test_periods_billed_before_claims_existed_are_claimed(live, api, customer, ingest, redis):
+    """Stored invoices and live records written before `billing:periods:<customer>`
+    existed count as billed: an overlapping month is refused, Stripe untouched."""
+    month = closed_month()
+    days = BillingPeriod(month.start_ms, month.start_ms + 7 * 24 * HOUR - 1)  # the month's first week
+    stored_only, record_only = customer, new_customer(api)
+    for c in (stored_only, record_only):
+        ingest(c, usage_events(c.customer_id, late_in(month)))
+        assert not redis.exists(f"billing:periods:{c.customer_id}")
+    old = build_invoice(stored_only.customer_id, days.start_ms, days.end_ms, {"storage_peak": Decimal(1)},
+                        catalog_by_code(), pricing_by_code(), "2026-01-01T00:00:00+00:00")  # fmt: skip
+    assert InvoiceStore(redis).create_draft(old, [])
+    # A progress record as a live API run wrote it (the invoice as the API renders it).
+    record = {"customer_id": record_only.customer_id, "period": {"start": days.start_ms, "end": days.end_ms}}
+    redis.hset(f"billing:{billing_key(record_only.customer_id, days.start_ms, days.end_ms)}",
+               mapping={"invoice": json.dumps(record), "status": "sent"})  # fmt: skip
+
+    for c in (stored_only, record_only):
+        refused, sent = live.run(c, as_body(month))
+        assert refused.status_code == 409, refused.text
+        covering = invoice_id_for(c.customer_id, days.start_ms, days.end_ms)
+        assert "overlaps" in refused.json()["error"] and covering in refused.json()["error"]
+        assert [r for r in sent if r.method == "POST"] == []
+        assert redis.zrange(f"billing:periods:{c.customer_id}", 0, -1) == [f"{days.start_ms}:{days.end_ms}".encode()]
+
+
+def test_a_month_beyond_stripes_amount_limit_is_422_and_nothing_is_sent(live, api, customer, ingest, redis):
+    month = closed_month()
+    # 10,000,000 GB stored: $1,000,000.00, one cent over what Stripe takes per item.
+    big = [make_event(customer.customer_id, event_type="storage", timestamp=late_in(month), properties={"gb_stored": 10_000_000})]
+    ingest(customer, big)
+    refused, sent = live.run(customer, as_body(month))
+    assert refused.status_code == 422, refused.text
+    assert "100000000 cents exceeds Stripe's limit of 99999999 cents" in refused.json()["error"]
+    assert sent == [] and not redis.exists(f"billing:periods:{customer.customer_id}")
+    dry = api.post("/v1/billing/run", json={"customer_id": customer.customer_id, **as_body(month)}, headers=customer.headers)
+    assert dry.status_code == 422 and "Stripe's limit" in dry.json()["error"], dry.text
+
+
+def test_an_invoice_stored_as_a_dry_run_before_live_only_closing_reads_back(api, customer, redis):
+    month = closed_month()
+    old = build_invoice(customer.customer_id, month.start_ms, month.end_ms, {"storage_peak": Decimal(3)},
+                        catalog_by_code(), pricing_by_code(), "2026-01-01T00:00:00+00:00")  # fmt: skip
+    store = InvoiceStore(redis)
+    assert store.create_draft(old, [])
+    store.set_fields(old.invoice_id, billing_mode="dry_run")  # what the job wrote before
+
+    listed = api.get(f"/v1/invoices?customer_id={customer.customer_id}", headers=customer.headers)
+    assert listed.status_code == 200, listed.text
+    assert [(i["invoice_id"], i["billing_mode"]) for i in listed.json()["invoices"]] == [(old.invoice_id, None)]
+    one = api.get(f"/v1/invoices/{old.invoice_id}", headers=customer.headers)
+    assert one.status_code == 200 and one.json()["billing_mode"] is None, one.text
+
+
 def test_live_run_without_usage_calls_stripe_not_at_all(live, customer):
-    response, sent = live.run(customer, {"start": 0, "end": now_ms()})
+    response, sent = live.run(customer, as_body(BillingPeriod.month_before(closed_month().start_ms)))
     assert response.status_code == 200, response.text
     stripe = response.json()["stripe_operations"]
     assert (stripe["mode"], stripe["operations"], stripe["summary"]["status"]) == ("live", [], "no_usage")

@@ -158,6 +158,55 @@ def test_a_failing_late_usage_check_stops_nobody_else(monkeypatch, clickhouse, s
     assert later.ok and [(a.invoice_id, a.quantity) for a in later.adjustments] == [(victim_march, 1000)]
 
 
+def insert_storage(clickhouse, settings: Settings, customer_id: str, at_ms: int, gb: int) -> None:
+    """One storage reading of `gb` GB, straight into ClickHouse."""
+    at = datetime.fromtimestamp(at_ms / 1000, timezone.utc)
+    row = [f"tx-{uuid.uuid4().hex}", customer_id, "storage", at, {"gb_stored": str(gb)}]
+    clickhouse.insert(f"{settings.clickhouse_database}.events", [row], column_names=EVENTS_COLUMNS)
+
+
+def test_an_invoice_beyond_stripes_limit_is_reported_and_the_others_are_billed(
+    clickhouse, settings, redis, live_clients, stand_in
+):
+    period = BillingPeriod.month(2033, 6)
+    prefix = f"big-{uuid.uuid4().hex[:8]}"
+    first, victim, last = f"{prefix}-a", f"{prefix}-b", f"{prefix}-c"
+    for customer_id in (first, last):
+        insert_usage(clickhouse, settings, customer_id, period.start_ms + HOUR_MS, 1500)
+    insert_storage(clickhouse, settings, victim, period.start_ms + HOUR_MS, 10_000_000)  # $1,000,000.00
+
+    for dry_run in (True, False):  # the dry run says so as well
+        report = BillingJob(live_clients, dry_run=dry_run).run(period, closed(period), customers={first, victim, last})
+        by_customer = {c.customer_id: c for c in report.customers}
+        assert report.failed == [by_customer[victim]] and by_customer[victim].status == "error"
+        assert "100000000 cents exceeds Stripe's limit of 99999999 cents" in by_customer[victim].error
+        (line,) = [line for line in report_lines(report) if victim in line]
+        assert "ERROR" in line and "Stripe's limit" in line
+        assert {by_customer[c].status for c in (first, last)} == ({"new"} if dry_run else {"sent"})
+    # Nothing of the victim's reached Stripe, nor was stored or claimed.
+    assert stripe_invoices_of(stand_in, victim) == []
+    assert not [o for o in stand_in.objects.values() if o.get("metadata", {}).get("meterflow_customer_id") == victim]
+    assert InvoiceStore(redis).get(invoice_id_for(victim, period.start_ms, period.end_ms)) is None
+    assert not redis.exists(f"billing:periods:{victim}")
+    assert [len(stripe_invoices_of(stand_in, c)) for c in (first, last)] == [1, 1]
+
+
+def test_a_stripe_refusal_in_the_job_keeps_the_period_claimed(clickhouse, settings, redis, live_clients, stand_in):
+    period = BillingPeriod.month(2033, 7)
+    customer_id = f"refused-{uuid.uuid4().hex[:12]}"
+    insert_usage(clickhouse, settings, customer_id, period.start_ms + HOUR_MS, 1500)
+    stand_in.fail("POST", "/v1/invoices$", status=400, error_type="invalid_request_error", message="No such customer")
+
+    (refused,) = BillingJob(live_clients).run(period, closed(period), customers={customer_id}).customers
+    assert refused.status == "error" and "Stripe refused" in refused.error
+    stored = InvoiceStore(redis).load(refused.invoice_id)
+    assert stored.status == "finalized"  # the job's invoice of the period exists: the claim is its
+    assert redis.zrange(f"billing:periods:{customer_id}", 0, -1) == [f"{period.start_ms}:{period.end_ms}".encode()]
+
+    (sent,) = BillingJob(live_clients).run(period, closed(period), customers={customer_id}).customers
+    assert (sent.status, sent.error) == ("sent", None) and len(stripe_invoices_of(stand_in, customer_id)) == 1
+
+
 # -- a dry run is dry -----------------------------------------------------------------
 
 
@@ -298,3 +347,37 @@ def test_the_scheduler_closes_last_month_once_its_grace_has_ended_and_only_live(
     assert (line.metric_code, line.quantity) == ("api_calls", 2500)
     assert again.get("pdf_key") == f"invoices/{customer_id}/2031-01.pdf"
     assert len(stripe_invoices_of(stand_in, customer_id)) == 1
+
+
+def test_the_scheduler_without_a_key_previews_each_month_once(settings, monkeypatch):
+    """A dry scheduler logs its preview of a month once, not every interval; a new month is previewed again."""
+    runs: list[str] = []
+    real_run = BillingJob.run
+
+    def counted(job, period, now_ms=None, customers=None):
+        runs.append(period.label)
+        return real_run(job, period, now_ms, customers)
+
+    monkeypatch.setattr(BillingJob, "run", counted)
+    now_s = [BillingPeriod.month(2035, 1).end_ms / 1000 + 49 * 3600]
+    passes = [0]
+
+    def clock() -> float:
+        passes[0] += 1
+        return now_s[0]
+
+    stop = threading.Event()
+    dry = Clients.connect(settings)
+    scheduler = threading.Thread(target=run_scheduler, args=(dry, stop, 0.01), kwargs={"clock": clock})
+    scheduler.start()
+    try:
+        wait_for(lambda: passes[0] > 5, what="5 scheduler passes")
+        assert runs == ["2035-01"]
+        now_s[0] = BillingPeriod.month(2035, 2).end_ms / 1000 + 49 * 3600  # the clock reaches March
+        seen = passes[0]
+        wait_for(lambda: passes[0] > seen + 5, what="5 more scheduler passes")
+    finally:
+        stop.set()
+        scheduler.join(30)
+        dry.close()
+    assert runs == ["2035-01", "2035-02"]

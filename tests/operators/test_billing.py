@@ -6,7 +6,9 @@ import pytest
 from operators.billing import (
     CUSTOMER_REF,
     INVOICE_REF,
+    STRIPE_MAX_AMOUNT_CENTS,
     BillingPlan,
+    StripeAmountLimit,
     billing_key,
     cents,
     customer_key,
@@ -107,3 +109,25 @@ def test_customer_map():
     for bad in ('["acme"]', '{"acme": 1}', '{"acme": ""}', "{not json"):
         with pytest.raises(ValueError):
             parse_customer_map(bad)
+
+
+def test_stripe_takes_a_line_and_a_total_up_to_its_limit():
+    at_limit = plan_billing(invoice({"storage_peak": D("9999999.9")}), "cus_1")  # $999,999.99
+    assert at_limit.total_amount_cents == STRIPE_MAX_AMOUNT_CENTS == 99_999_999
+
+
+def test_a_line_beyond_stripes_limit_is_refused_naming_amount_and_limit():
+    over = invoice({"api_calls": D(15000), "storage_peak": D("9999999.95")})  # rounds to $1,000,000.00
+    with pytest.raises(StripeAmountLimit) as refused:
+        plan_billing(over, "cus_1")
+    assert refused.value.amount_cents == 100_000_000
+    assert "line storage_peak of 100000000 cents" in str(refused.value) and "99999999 cents" in str(refused.value)
+    assert over.invoice_id in str(refused.value)
+
+
+def test_a_total_beyond_stripes_limit_is_refused_though_each_line_fits():
+    # $600,000.00 of storage + $500,000.00 of bandwidth
+    over = invoice({"storage_peak": D(6_000_000), "bandwidth": D(50_000_000_000)})
+    with pytest.raises(StripeAmountLimit) as refused:
+        plan_billing(over, CUSTOMER_REF)
+    assert refused.value.amount_cents == 110_000_000 and "the total of 110000000 cents" in str(refused.value)
