@@ -32,6 +32,7 @@ from meterflow.settings import Settings
 from meterflow.stack import free_port
 from operators.alerts import ALERT_KINDS
 from operators.dedup import INGEST_ID_HEADER
+from operators.periods import BillingPeriod
 from tests.integration.conftest import Customer, make_event, now_ms, stored_count, wait_for
 from tests.integration.stripe_standin import StripeStandIn
 from tests.integration.test_pipeline import produce_raw
@@ -357,14 +358,15 @@ def test_secrets_never_reach_the_logs(second_api, api, customer, settings, click
     # A key put in a URL by mistake: the access log leaves the query string out.
     assert second_api.client.get(f"{alerts}&api_key={observed.api_key}").status_code == 401
 
-    t = now_ms() - 60_000
+    month = BillingPeriod.month_before(now_ms())  # a live run bills whole closed months
+    t = month.end_ms - 60_000
     events = [make_event(observed.customer_id, timestamp=t, properties={"bytes": 100_000}) for _ in range(3)]
     posted = second_api.client.post("/v1/events", json={"events": events}, headers=observed.headers)
     assert posted.json()["accepted"] == 3
     assert api.post("/v1/events", json={"events": [make_event(customer.customer_id, timestamp=t)]},
                     headers=customer.headers).json()["accepted"] == 1  # fmt: skip
     wait_for(lambda: stored_count(clickhouse, settings, observed.customer_id) == 3, what="stored events")
-    period = {"start": t - 3_600_000, "end": now_ms()}
+    period = {"start": month.start_ms, "end": month.end_ms}
     live = second_api.client.post(
         "/v1/billing/run", json={"customer_id": observed.customer_id, **period}, headers=observed.headers
     )
