@@ -5,6 +5,11 @@ configured with a Stripe key, so a second real API process is started on
 the session's services, with STRIPE_API_BASE pointing at a local stand-in
 for Stripe's API (tests/integration/stripe_standin.py); the tests assert on
 the HTTP requests the official Stripe SDK really sent.
+
+Usage of a closed month is written straight to ClickHouse, as the dataflow
+would have stored it: the API takes events of the last 30 days only, so on
+the 31st of a month every event of the month before is refused (see
+test_closed_month_usage_lands_in_the_billed_month_on_every_day).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterator
 
@@ -22,26 +27,52 @@ import pytest
 from api.deps import Clients
 from api.billing_job import BillingJob
 from api.invoice_store import InvoiceStore
+from flows.clickhouse_sink import event_columns
+from flows.messages import EventBatch
 from meterflow.settings import Settings
+from meterflow.storage import EVENTS_COLUMNS
 from operators.billing import billing_key, customer_key
+from operators.events import InvalidEvent, validate_event
 from operators.invoices import build_invoice, invoice_id_for
 from operators.metrics import catalog_by_code
 from operators.periods import BillingPeriod
 from operators.pricing import pricing_by_code
 from tests.integration.conftest import Customer, make_event, new_customer, now_ms, stored_count, wait_for
 from tests.integration.stripe_standin import STRIPE_KEY, StripeStandIn, live_api
-from tests.integration.test_billing_job import insert_usage
 
 HOUR = 3_600_000
 CONFIGURED = "cus_configured"  # STRIPE_CUSTOMER_MAP's Stripe customer in the live API
+
+
+def insert_events(clickhouse, settings: Settings, events: list[dict]) -> None:
+    """`events` (as sent to /v1/events) straight into ClickHouse, in the rows
+    the dataflow's sink writes for them: validated as they would have been
+    when they arrived (so no 30-day limit), properties in their stored text."""
+    valid = [validate_event(event, now_ms=event["timestamp"]) for event in events]
+    columns = event_columns([EventBatch(valid, [event.transaction_id for event in valid])])
+    clickhouse.insert(
+        f"{settings.clickhouse_database}.events", columns, column_names=EVENTS_COLUMNS, column_oriented=True
+    )
+
+
+def through_api(timestamp: int, now: int) -> bool:
+    """Whether `ingest` posts an event at `timestamp` to the API at `now`:
+    only events of the current month do. Those of a closed month are written
+    straight to ClickHouse, whatever the day, so no test depends on the date."""
+    return timestamp > closed_month(now).end_ms
 
 
 @pytest.fixture
 def ingest(api, clickhouse, settings):
     def ingest(customer: Customer, events: list[dict]) -> None:
         expected = stored_count(clickhouse, settings, customer.customer_id) + len(events)
-        for i in range(0, len(events), 1000):
-            response = api.post("/v1/events", json={"events": events[i : i + 1000]}, headers=customer.headers)
+        now = now_ms()
+        closed = [event for event in events if not through_api(event["timestamp"], now)]
+        if closed:
+            insert_events(clickhouse, settings, closed)
+        current = [event for event in events if through_api(event["timestamp"], now)]
+        for i in range(0, len(current), 1000):
+            response = api.post("/v1/events", json={"events": current[i : i + 1000]}, headers=customer.headers)
             assert response.status_code == 200 and not response.json()["failed"], response.text
         wait_for(
             lambda: stored_count(clickhouse, settings, customer.customer_id) >= expected,
@@ -56,10 +87,11 @@ def period_around(t: int) -> dict[str, int]:
     return {"start": t - HOUR, "end": t + HOUR}
 
 
-def closed_month() -> BillingPeriod:
-    """The last month that ended: closed for the live API (its grace is 0).
-    Live runs bill whole calendar months only, as the billing job does."""
-    return BillingPeriod.month_before(now_ms())
+def closed_month(now: int | None = None) -> BillingPeriod:
+    """The last month that ended before `now` (default: the wall clock):
+    closed for the live API (its grace is 0). Live runs bill whole calendar
+    months only, as the billing job does."""
+    return BillingPeriod.month_before(now_ms() if now is None else now)
 
 
 def as_body(period: BillingPeriod) -> dict[str, int]:
@@ -67,8 +99,36 @@ def as_body(period: BillingPeriod) -> dict[str, int]:
 
 
 def late_in(period: BillingPeriod, hours: int = 4) -> int:
-    """A moment `hours` before the period's end (recent enough to be ingested)."""
+    """A moment `hours` before the period's end."""
     return period.end_ms + 1 - hours * HOUR
+
+
+def test_closed_month_usage_lands_in_the_billed_month_on_every_day():
+    """For every hour of 2027 as "now": the closed month's usage (late_in, and
+    the month before it) lies in the month billed and is written straight to
+    ClickHouse, where it is stored whatever its age. The API would refuse it
+    from the 30th of a 31-day month on, which the straight write avoids."""
+    refused_days = set()
+    start = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    for hour in range(365 * 24):
+        instant = start + timedelta(hours=hour)
+        now = int(instant.timestamp() * 1000)
+        month = closed_month(now)
+        before = BillingPeriod.month_before(month.start_ms)
+        for t, period in ((late_in(month), month), (before.start_ms + HOUR, before)):
+            assert period.start_ms <= t <= period.end_ms and period.end_ms < now, (instant, t)
+            assert not through_api(t, now), (instant, t)
+        first_hour = (instant.day, instant.hour) == (1, 0)
+        assert through_api(now - HOUR, now) is not first_hour  # this month's usage goes to the API
+        event = make_event("c", timestamp=late_in(month), properties={"bytes": 100_000})
+        assert validate_event(event, now_ms=event["timestamp"]).timestamp == event["timestamp"]  # insert_events
+        try:
+            validate_event(event, now_ms=now)
+        except InvalidEvent:
+            refused_days.add(instant.date())
+    # The days the tests failed on when they posted the closed month's usage.
+    assert {date(2027, 1, 31), date(2027, 3, 31), date(2027, 12, 31)} <= refused_days
+    assert date(2027, 2, 28) not in refused_days
 
 
 # -- dry run (the session API has no Stripe key) ---------------------------------
@@ -187,7 +247,7 @@ def posts(requests: list) -> list[tuple[str, int]]:
 
 
 def test_live_run_sends_the_plan_through_the_sdk_retries_a_lost_answer_and_never_bills_twice(
-    live, customer, ingest, redis, clickhouse, settings
+    live, customer, ingest, redis
 ):
     month = closed_month()
     t = late_in(month)
@@ -262,10 +322,10 @@ def test_live_run_sends_the_plan_through_the_sdk_retries_a_lost_answer_and_never
     inside, sent_inside = live.run(customer, {"start": period["start"] + 1, "end": period["end"] - 1})
     assert inside.status_code == 409 and "whole calendar month" in inside.json()["error"] and sent_inside == []
 
-    # Another month is billed, to the stored Stripe customer (its usage written straight
-    # to ClickHouse: validation only takes events of the last 30 days).
+    # Another month is billed, to the stored Stripe customer.
     before = BillingPeriod.month_before(month.start_ms)
-    insert_usage(clickhouse, settings, customer.customer_id, before.start_ms + HOUR, 1500)
+    calls = [make_event(customer.customer_id, timestamp=before.start_ms + HOUR, properties={}) for _ in range(1500)]
+    ingest(customer, calls)
     other, other_period = live.run(customer, as_body(before))
     assert other.status_code == 200, other.text
     assert posts(other_period)[0] == ("/v1/invoices", 200)
